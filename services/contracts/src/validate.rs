@@ -1,0 +1,178 @@
+//! Structural rules for top-level events, checked on every decode so that a service never
+//! sees, say, a `SegmentEvent` without a contact id. Protobuf is lenient (an empty payload
+//! is a valid message of any type); these rules are what makes garbage recognisable.
+
+use crate::v1;
+
+/// A rule an event breaks, naming the field in proto3-JSON spelling.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("field `{field}` {problem}")]
+pub struct ValidationError {
+    pub field: &'static str,
+    pub problem: &'static str,
+}
+
+/// Implemented by every top-level event.
+pub trait Validate {
+    fn validate(&self) -> Result<(), ValidationError>;
+}
+
+fn required(field: &'static str, value: &str) -> Result<(), ValidationError> {
+    if value.trim().is_empty() {
+        return Err(ValidationError {
+            field,
+            problem: "is required",
+        });
+    }
+    Ok(())
+}
+
+fn present<T>(field: &'static str, value: Option<&T>) -> Result<(), ValidationError> {
+    match value {
+        Some(_) => Ok(()),
+        None => Err(ValidationError {
+            field,
+            problem: "is required",
+        }),
+    }
+}
+
+fn meta(meta: Option<&v1::EventMeta>) -> Result<(), ValidationError> {
+    let meta = meta.ok_or(ValidationError {
+        field: "meta",
+        problem: "is required",
+    })?;
+    required("meta.eventId", &meta.event_id)
+}
+
+fn channel(field: &'static str, value: i32) -> Result<(), ValidationError> {
+    match v1::Channel::try_from(value) {
+        Ok(v1::Channel::Email | v1::Channel::Sms) => Ok(()),
+        _ => Err(ValidationError {
+            field,
+            problem: "must be CHANNEL_EMAIL or CHANNEL_SMS",
+        }),
+    }
+}
+
+impl Validate for v1::SegmentEvent {
+    fn validate(&self) -> Result<(), ValidationError> {
+        use v1::segment_event::Change;
+        meta(self.meta.as_ref())?;
+        required("contactId", &self.contact_id)?;
+        match &self.change {
+            Some(Change::Entered(entered)) => {
+                required("entered.segmentId", &entered.segment_id)?;
+                let contact = entered.contact.as_ref().ok_or(ValidationError {
+                    field: "entered.contact",
+                    problem: "is required",
+                })?;
+                if contact.id != self.contact_id {
+                    return Err(ValidationError {
+                        field: "entered.contact.id",
+                        problem: "must equal contactId",
+                    });
+                }
+                Ok(())
+            }
+            Some(Change::Left(left)) => {
+                required("left.segmentId", &left.segment_id)?;
+                match &left.contact {
+                    Some(contact) if contact.id != self.contact_id => Err(ValidationError {
+                        field: "left.contact.id",
+                        problem: "must equal contactId",
+                    }),
+                    _ => Ok(()),
+                }
+            }
+            Some(Change::Erased(_)) => Ok(()),
+            None => Err(ValidationError {
+                field: "entered|left|erased",
+                problem: "one of them is required",
+            }),
+        }
+    }
+}
+
+impl Validate for v1::CampaignCommand {
+    fn validate(&self) -> Result<(), ValidationError> {
+        use v1::campaign_command::Command;
+        meta(self.meta.as_ref())?;
+        required("campaignId", &self.campaign_id)?;
+        match &self.command {
+            Some(Command::Schedule(blast)) => {
+                required("schedule.segmentId", &blast.segment_id)?;
+                required("schedule.templateId", &blast.template_id)?;
+                channel("schedule.channel", blast.channel)?;
+                present("schedule.startAt", blast.start_at.as_ref())
+            }
+            Some(Command::Pause(_) | Command::Resume(_) | Command::Cancel(_)) => Ok(()),
+            None => Err(ValidationError {
+                field: "schedule|pause|resume|cancel",
+                problem: "one of them is required",
+            }),
+        }
+    }
+}
+
+impl Validate for v1::SendJob {
+    fn validate(&self) -> Result<(), ValidationError> {
+        meta(self.meta.as_ref())?;
+        required("idempotencyKey", &self.idempotency_key)?;
+        channel("channel", self.channel)?;
+        required("templateId", &self.template_id)?;
+        let contact = self.contact.as_ref().ok_or(ValidationError {
+            field: "contact",
+            problem: "is required",
+        })?;
+        required("contact.id", &contact.id)
+    }
+}
+
+fn origin(origin: Option<&v1::Origin>) -> Result<(), ValidationError> {
+    let origin = origin.ok_or(ValidationError {
+        field: "origin",
+        problem: "is required",
+    })?;
+    required("origin.idempotencyKey", &origin.idempotency_key)?;
+    required("origin.contactId", &origin.contact_id)
+}
+
+impl Validate for v1::RenderedEmail {
+    fn validate(&self) -> Result<(), ValidationError> {
+        meta(self.meta.as_ref())?;
+        origin(self.origin.as_ref())?;
+        required("from", &self.from)?;
+        required("to", &self.to)?;
+        required("messageId", &self.message_id)
+    }
+}
+
+impl Validate for v1::RenderedSms {
+    fn validate(&self) -> Result<(), ValidationError> {
+        meta(self.meta.as_ref())?;
+        origin(self.origin.as_ref())?;
+        required("to", &self.to)?;
+        required("body", &self.body)
+    }
+}
+
+impl Validate for v1::Feedback {
+    fn validate(&self) -> Result<(), ValidationError> {
+        meta(self.meta.as_ref())?;
+        match v1::FeedbackKind::try_from(self.kind) {
+            Ok(v1::FeedbackKind::Unspecified) | Err(_) => Err(ValidationError {
+                field: "kind",
+                problem: "must be a known FEEDBACK_KIND_*",
+            }),
+            Ok(_) => Ok(()),
+        }
+    }
+}
+
+impl Validate for v1::DeadLetter {
+    fn validate(&self) -> Result<(), ValidationError> {
+        required("topic", &self.topic)?;
+        required("reason", &self.reason)
+    }
+}
