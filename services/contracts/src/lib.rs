@@ -24,3 +24,15 @@ pub mod v1 {
 }
 
 pub use codec::{DecodeError, Encoding, Event};
+pub use pbjson_types::{Duration, Timestamp};
+
+/// The current time as a protobuf timestamp.
+pub fn timestamp_now() -> Timestamp {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Timestamp {
+        seconds: i64::try_from(since_epoch.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(since_epoch.subsec_nanos()).unwrap_or(0),
+    }
+}

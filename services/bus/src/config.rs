@@ -1,0 +1,87 @@
+//! `[kafka]` configuration.
+
+use std::collections::BTreeMap;
+
+use rdkafka::ClientConfig;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, comma-separated.
+    pub brokers: String,
+    /// A produce not acknowledged within this long fails; the handler that made it fails
+    /// transiently and its input is handled again.
+    pub message_timeout_ms: u64,
+    /// How long the producer waits to fill a batch: throughput against latency.
+    pub linger_ms: u64,
+    /// How often stored offsets are committed; a crash re-delivers at most this much.
+    pub commit_interval_ms: u64,
+    /// Messages a consumer holds at once, running or waiting behind their key: bounds
+    /// memory and the work redone after a crash.
+    pub max_in_flight: usize,
+    /// Cap of the exponential backoff between two attempts of a transient failure.
+    pub max_backoff_ms: u64,
+    /// How long a graceful shutdown waits for in-flight messages.
+    pub shutdown_grace_ms: u64,
+    /// Passed to librdkafka as they are, for security settings and the like.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+    pub topics: Topics,
+}
+
+/// Every topic of the pipeline.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Topics {
+    pub segments: TopicSpec,
+    pub campaigns: TopicSpec,
+    pub jobs: TopicSpec,
+    pub outbound_email: TopicSpec,
+    pub outbound_sms: TopicSpec,
+    pub feedback: TopicSpec,
+    pub dlq: TopicSpec,
+}
+
+impl Topics {
+    pub fn all(&self) -> [&TopicSpec; 7] {
+        [
+            &self.segments,
+            &self.campaigns,
+            &self.jobs,
+            &self.outbound_email,
+            &self.outbound_sms,
+            &self.feedback,
+            &self.dlq,
+        ]
+    }
+}
+
+/// One topic, as it is created when missing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicSpec {
+    pub name: String,
+    /// The unit of parallelism: consumers of a group share partitions.
+    pub partitions: i32,
+    pub replication: i32,
+    /// Topic-level settings (`retention.ms`, `cleanup.policy`, ...).
+    #[serde(default)]
+    pub settings: BTreeMap<String, String>,
+}
+
+impl KafkaConfig {
+    /// Settings shared by producers, consumers and admin clients.
+    pub(crate) fn client_config(&self, client_id: &str) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.brokers)
+            .set("client.id", client_id)
+            // Tansu and small clusters: take the broker's answer about the API versions.
+            .set("api.version.request", "true");
+        for (key, value) in &self.properties {
+            config.set(key, value);
+        }
+        config
+    }
+}

@@ -1,0 +1,63 @@
+//! Prometheus metrics of the bus. Labels are topics and coarse outcomes only.
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+
+#[derive(Debug, Clone)]
+pub struct BusMetrics {
+    pub(crate) consumed: IntCounterVec,
+    pub(crate) produced: IntCounterVec,
+    pub(crate) produce_errors: IntCounterVec,
+    pub(crate) dead_letters: IntCounterVec,
+    pub(crate) retries: IntCounterVec,
+    pub(crate) handler_seconds: HistogramVec,
+}
+
+impl BusMetrics {
+    pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let counter =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
+                let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(c.clone()))?;
+                Ok(c)
+            };
+        let handler_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "tocsin_bus_handler_duration_seconds",
+                "Time a handler took for one message attempt.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            &["topic", "outcome"],
+        )?;
+        registry.register(Box::new(handler_seconds.clone()))?;
+        Ok(BusMetrics {
+            consumed: counter(
+                "tocsin_bus_messages_consumed_total",
+                "Messages received from the broker.",
+                &["topic"],
+            )?,
+            produced: counter(
+                "tocsin_bus_messages_produced_total",
+                "Messages acknowledged by the broker.",
+                &["topic"],
+            )?,
+            produce_errors: counter(
+                "tocsin_bus_produce_errors_total",
+                "Produce requests that failed (the caller retries).",
+                &["topic"],
+            )?,
+            dead_letters: counter(
+                "tocsin_bus_dead_letters_total",
+                "Messages sent to the dead-letter topic, by source topic and reason class.",
+                &["topic", "reason"],
+            )?,
+            retries: counter(
+                "tocsin_bus_handler_retries_total",
+                "Handler attempts that failed transiently and were retried.",
+                &["topic"],
+            )?,
+            handler_seconds,
+        })
+    }
+}
