@@ -17,6 +17,9 @@ pub struct KafkaConfig {
     pub linger_ms: u64,
     /// How often stored offsets are committed; a crash re-delivers at most this much.
     pub commit_interval_ms: u64,
+    /// A member that sends no heartbeat for this long is declared dead and its partitions
+    /// go to the others: how long a crashed instance's partitions stall.
+    pub session_timeout_ms: u64,
     /// Messages a consumer holds at once, running or waiting behind their key: bounds
     /// memory and the work redone after a crash.
     pub max_in_flight: usize,
@@ -76,9 +79,7 @@ impl KafkaConfig {
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", &self.brokers)
-            .set("client.id", client_id)
-            // Tansu and small clusters: take the broker's answer about the API versions.
-            .set("api.version.request", "true");
+            .set("client.id", client_id);
         for (key, value) in &self.properties {
             config.set(key, value);
         }

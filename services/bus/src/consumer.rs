@@ -215,6 +215,7 @@ pub async fn run_consumer<H: Handler>(
             config.commit_interval_ms.to_string(),
         )
         .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", config.session_timeout_ms.to_string())
         .create_with_context(context)?;
     let topics: Vec<&str> = spec.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
@@ -364,16 +365,18 @@ impl LoopState {
         // Tasks catch handler panics, so a JoinError means the task was aborted at shutdown.
         let Ok(done) = joined else { return };
         self.held = self.held.saturating_sub(1);
-        if !matches!(done.outcome, Outcome::Abandoned) {
-            if let Some(tracked) = self.tracked.get_mut(&done.tp) {
-                if tracked.generation == done.generation {
-                    if let Some(offset) = tracked.offsets.completed(done.offset) {
-                        if let Err(error) = consumer.store_offset(&done.tp.0, done.tp.1, offset) {
-                            tracing::debug!(%error, partition = done.tp.1, "offset not stored (partition revoked?)");
-                        }
-                    }
-                }
+        let finished = !matches!(done.outcome, Outcome::Abandoned);
+        let storable = match self.tracked.get_mut(&done.tp) {
+            // A stale generation means the partition was revoked and assigned again since.
+            Some(tracked) if finished && tracked.generation == done.generation => {
+                tracked.offsets.completed(done.offset)
             }
+            _ => None,
+        };
+        if let Some(offset) = storable
+            && let Err(error) = consumer.store_offset(&done.tp.0, done.tp.1, offset)
+        {
+            tracing::debug!(%error, partition = done.tp.1, "offset not stored (partition revoked?)");
         }
         if let Some(key) = done.key {
             let next = self.busy_keys.get_mut(&key).and_then(VecDeque::pop_front);

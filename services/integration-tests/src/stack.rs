@@ -138,8 +138,13 @@ impl std::fmt::Debug for TopicReader {
 
 impl TopicReader {
     pub fn new(topic: &str) -> Self {
+        Self::with_brokers(&brokers(), topic)
+    }
+
+    /// A reader on another broker than the stack's (a test's own).
+    pub fn with_brokers(brokers: &str, topic: &str) -> Self {
         let consumer: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", brokers())
+            .set("bootstrap.servers", brokers)
             .set("group.id", unique("reader"))
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
