@@ -57,6 +57,46 @@ pub fn relay_env(test: &str, partitions: i32) -> Vec<(String, String)> {
     env
 }
 
+/// A test's own bus: its configuration (and the variables behind it), its topics created,
+/// a producer.
+#[derive(Debug)]
+pub struct TestBus {
+    pub env: Vec<(String, String)>,
+    pub config: RelayConfig,
+    pub producer: Producer,
+}
+
+impl TestBus {
+    pub async fn new(test: &str, partitions: i32) -> Self {
+        Self::from_env(relay_env(test, partitions)).await
+    }
+
+    pub async fn from_env(env: Vec<(String, String)>) -> Self {
+        let config = relay_config(&env);
+        tocsin_bus::admin::ensure_topics(&config.kafka, &config.kafka.topics.all())
+            .await
+            .expect("topics");
+        let producer = producer(&config.kafka);
+        TestBus {
+            env,
+            config,
+            producer,
+        }
+    }
+
+    pub fn topics(&self) -> &tocsin_bus::Topics {
+        &self.config.kafka.topics
+    }
+}
+
+/// A loopback port nobody listens on (yet).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
 pub fn relay_config(env: &[(String, String)]) -> RelayConfig {
     ConfigLoader::defaults_only(Some(relay::DEFAULTS))
         .env(env.iter().cloned())

@@ -3,7 +3,6 @@
 //! from its committed offsets, nothing is lost.
 
 use std::collections::HashSet;
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -11,14 +10,7 @@ use std::time::{Duration, Instant};
 use tocsin_bus::TraceContext;
 use tocsin_contracts::v1;
 use tocsin_integration_tests::relay;
-use tocsin_integration_tests::stack::{self, TopicReader};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
+use tocsin_integration_tests::stack::{self, TestBus, TopicReader};
 
 fn start_tansu(dir: &Path, port: u16) -> Child {
     let child = Command::new("tansu")
@@ -55,20 +47,17 @@ fn stop(mut broker: Child) {
 async fn nothing_is_lost_when_the_broker_restarts() {
     const N: usize = 600;
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
+    let port = stack::free_port();
     let brokers = format!("127.0.0.1:{port}");
     let mut broker = start_tansu(dir.path(), port);
 
     let mut env = stack::relay_env("restart", 2);
     env.retain(|(k, _)| k != "TOCSIN__KAFKA__BROKERS");
     env.push(("TOCSIN__KAFKA__BROKERS".into(), brokers.clone()));
-    let config = stack::relay_config(&env);
-    let topics = config.kafka.topics.clone();
-    tocsin_bus::admin::ensure_topics(&config.kafka, &topics.all())
-        .await
-        .expect("topics");
-    let (stop_relay, relay) = relay::spawn(config.clone());
-    let producer = stack::producer(&config.kafka);
+    let bus = TestBus::from_env(env).await;
+    let topics = bus.topics().clone();
+    let (stop_relay, relay) = relay::spawn(bus.config.clone());
+    let producer = bus.producer.clone();
 
     // A steady stream of events; the broker goes away in the middle of it.
     let trace = TraceContext::new_root();

@@ -9,17 +9,12 @@ use tocsin_bus::producer::Outbound;
 use tocsin_contracts::codec::{self, CONTENT_TYPE_JSON, CONTENT_TYPE_PROTOBUF};
 use tocsin_contracts::v1;
 use tocsin_integration_tests::relay;
-use tocsin_integration_tests::stack::{self, TopicReader};
+use tocsin_integration_tests::stack::{self, TestBus, TopicReader};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_messages_are_dead_lettered_and_the_partition_moves_on() {
-    let env = stack::relay_env("poison", 1);
-    let config = stack::relay_config(&env);
-    let topics = config.kafka.topics.clone();
-    tocsin_bus::admin::ensure_topics(&config.kafka, &topics.all())
-        .await
-        .expect("topics");
-    let producer = stack::producer(&config.kafka);
+    let bus = TestBus::new("poison", 1).await;
+    let (topics, producer) = (bus.topics().clone(), bus.producer.clone());
     let trace = TraceContext::new_root();
     let send = |payload: Vec<u8>, content_type: &'static str, event_id: &'static str| {
         let producer = producer.clone();
@@ -54,7 +49,7 @@ async fn poison_messages_are_dead_lettered_and_the_partition_moves_on() {
     send(b"a;b".to_vec(), "text/csv", "bad-3").await;
     send(good_2, CONTENT_TYPE_JSON, "good-2").await;
 
-    let (stop, handle) = relay::spawn(config);
+    let (stop, handle) = relay::spawn(bus.config.clone());
     let outputs = TopicReader::new(&topics.feedback.name)
         .read_until::<v1::Feedback>(Duration::from_secs(60), |r| r.len() >= 2)
         .await;
@@ -80,10 +75,7 @@ async fn poison_messages_are_dead_lettered_and_the_partition_moves_on() {
         "{}",
         garbage_letter.reason
     );
-    assert_eq!(
-        garbage_letter.consumer_group,
-        stack::relay_config(&env).relay.group_id
-    );
+    assert_eq!(garbage_letter.consumer_group, bus.config.relay.group_id);
     assert!(
         garbage_letter
             .headers
@@ -138,18 +130,13 @@ fn count_by_event(records: &[stack::Record<v1::Feedback>]) -> HashMap<String, us
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_consumer_gets_unstored_messages_again_and_skips_nothing() {
-    let env = stack::relay_env("sigkill", 3);
-    let config = stack::relay_config(&env);
-    let topics = config.kafka.topics.clone();
-    tocsin_bus::admin::ensure_topics(&config.kafka, &topics.all())
-        .await
-        .expect("topics");
-    let producer = stack::producer(&config.kafka);
+    let bus = TestBus::new("sigkill", 3).await;
+    let (env, topics, producer) = (&bus.env, bus.topics(), &bus.producer);
     let reader = TopicReader::new(&topics.feedback.name);
 
     // First life: handles 300 messages, then SIGKILL before any offset is committed.
-    stack::publish_events(&producer, &topics.segments.name, 0, 300, 50).await;
-    let mut first = start_relay(&env, "first");
+    stack::publish_events(producer, &topics.segments.name, 0, 300, 50).await;
+    let mut first = start_relay(env, "first");
     let mut seen = reader
         .read_until::<v1::Feedback>(Duration::from_secs(60), |r| r.len() >= 300)
         .await;
@@ -157,8 +144,8 @@ async fn a_killed_consumer_gets_unstored_messages_again_and_skips_nothing() {
     first.wait().expect("reaped");
 
     // Second life: the same group sees the 300 again (handled, not committed), then 200 new.
-    stack::publish_events(&producer, &topics.segments.name, 300, 200, 50).await;
-    let mut second = start_relay(&env, "second");
+    stack::publish_events(producer, &topics.segments.name, 300, 200, 50).await;
+    let mut second = start_relay(env, "second");
     seen.extend(
         reader
             .read_until::<v1::Feedback>(Duration::from_secs(90), |r| {
@@ -189,8 +176,8 @@ async fn a_killed_consumer_gets_unstored_messages_again_and_skips_nothing() {
         .read_for::<v1::Feedback>(Duration::from_secs(1))
         .await;
     assert!(before_third.is_empty());
-    let mut third = start_relay(&env, "third");
-    stack::publish_events(&producer, &topics.segments.name, 500, 10, 50).await;
+    let mut third = start_relay(env, "third");
+    stack::publish_events(producer, &topics.segments.name, 500, 10, 50).await;
     let after = reader
         .read_until::<v1::Feedback>(Duration::from_secs(60), |r| r.len() >= 10)
         .await;

@@ -9,7 +9,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use tocsin_contracts::v1;
 use tocsin_integration_tests::relay;
-use tocsin_integration_tests::stack::{self, TopicReader};
+use tocsin_integration_tests::stack::{self, TestBus, TopicReader};
 
 /// The group's committed offset of each partition. (Tansu 0.6's high watermarks lag the
 /// real end of a partition, so the tests compare with what was consumed instead.)
@@ -40,20 +40,12 @@ fn committed_offsets(group: &str, topic: &str, partitions: i32) -> Vec<i64> {
 async fn ten_thousand_messages_are_handled_once_and_committed() {
     const N: usize = 10_000;
     const PARTITIONS: i32 = 6;
-    let env = stack::relay_env("roundtrip", PARTITIONS);
-    let config = stack::relay_config(&env);
-    let topics = config.kafka.topics.clone();
-    let group = config.relay.group_id.clone();
+    let bus = TestBus::new("roundtrip", PARTITIONS).await;
+    let topics = bus.topics().clone();
+    let group = bus.config.relay.group_id.clone();
 
-    let (stop, relay) = relay::spawn(config.clone());
-    let producer = stack::producer(&config.kafka);
-    // The relay creates the topics; publish once they exist (produce would auto-create
-    // them with the broker's defaults otherwise).
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    tocsin_bus::admin::ensure_topics(&config.kafka, &[&topics.segments])
-        .await
-        .expect("topics");
-    stack::publish_events(&producer, &topics.segments.name, 0, N, 997).await;
+    let (stop, relay) = relay::spawn(bus.config.clone());
+    stack::publish_events(&bus.producer, &topics.segments.name, 0, N, 997).await;
 
     let reader = TopicReader::new(&topics.feedback.name);
     let records = reader
@@ -99,16 +91,12 @@ async fn ten_thousand_messages_are_handled_once_and_committed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_member_takes_partitions_over_on_rebalance() {
     const PARTITIONS: i32 = 4;
-    let env = stack::relay_env("rebalance", PARTITIONS);
-    let mut config_a = stack::relay_config(&env);
+    let bus = TestBus::new("rebalance", PARTITIONS).await;
+    let mut config_a = bus.config.clone();
     config_a.relay.instance = "member-a".into();
     let mut config_b = config_a.clone();
     config_b.relay.instance = "member-b".into();
-    let topics = config_a.kafka.topics.clone();
-    tocsin_bus::admin::ensure_topics(&config_a.kafka, &topics.all())
-        .await
-        .expect("topics");
-    let producer = stack::producer(&config_a.kafka);
+    let (topics, producer) = (bus.topics().clone(), bus.producer.clone());
     let reader = TopicReader::new(&topics.feedback.name);
 
     // A alone handles the first batch.

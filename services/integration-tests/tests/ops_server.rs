@@ -7,13 +7,6 @@ use tocsin_integration_tests::relay;
 use tocsin_integration_tests::stack::{self, TopicReader};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 /// A plain HTTP/1.1 GET; returns the status code and the body.
 async fn get(port: u16, path: &str) -> (u16, String) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -42,7 +35,7 @@ async fn get(port: u16, path: &str) -> (u16, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_when_broker_and_redis_answer_and_metrics_count_messages() {
-    let port = free_port();
+    let port = stack::free_port();
     let mut env = stack::relay_env("ops", 1);
     env.push(("TOCSIN__HTTP__LISTEN".into(), format!("127.0.0.1:{port}")));
     let config = stack::relay_config(&env);
@@ -83,8 +76,8 @@ async fn ready_when_broker_and_redis_answer_and_metrics_count_messages() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn not_ready_when_redis_does_not_answer() {
-    let port = free_port();
-    let dead_redis = free_port();
+    let port = stack::free_port();
+    let dead_redis = stack::free_port();
     let mut env = stack::relay_env("ops-down", 1);
     env.retain(|(k, _)| k != "TOCSIN__REDIS__URL");
     env.push((
