@@ -30,24 +30,37 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
 }
 
-/// The variables that point a service at the test stack, with per-test topics and group:
-/// the same `TOCSIN__*` a deployment would set.
-pub fn relay_env(test: &str, partitions: i32) -> Vec<(String, String)> {
+/// The variables that point a service at the test stack, with per-test topics: the same
+/// `TOCSIN__*` a deployment would set. `redis_db` isolates services whose Redis keys are
+/// global (tests run in parallel against one Redis).
+pub fn service_env(test: &str, partitions: i32, redis_db: u8) -> Vec<(String, String)> {
     let id = unique(test);
+    let redis = redis_url();
+    let redis = match redis.rsplit_once('/') {
+        Some((base, _)) => format!("{base}/{redis_db}"),
+        None => redis,
+    };
     let mut env = vec![
         ("TOCSIN__KAFKA__BROKERS".to_owned(), brokers()),
-        ("TOCSIN__REDIS__URL".to_owned(), redis_url()),
-        ("TOCSIN__RELAY__GROUP_ID".to_owned(), format!("group-{id}")),
+        ("TOCSIN__REDIS__URL".to_owned(), redis),
         (
             "TOCSIN__LOG__FILTER".to_owned(),
             "info,librdkafka=warn".to_owned(),
         ),
     ];
-    for topic in ["segments", "feedback", "dlq"] {
+    for topic in [
+        "segments",
+        "campaigns",
+        "jobs",
+        "outbound_email",
+        "outbound_sms",
+        "feedback",
+        "dlq",
+    ] {
         let upper = topic.to_ascii_uppercase();
         env.push((
             format!("TOCSIN__KAFKA__TOPICS__{upper}__NAME"),
-            format!("{topic}-{id}"),
+            format!("{}-{id}", topic.replace('_', "-")),
         ));
         env.push((
             format!("TOCSIN__KAFKA__TOPICS__{upper}__PARTITIONS"),
@@ -55,6 +68,29 @@ pub fn relay_env(test: &str, partitions: i32) -> Vec<(String, String)> {
         ));
     }
     env
+}
+
+/// [`service_env`] plus the relay's own group.
+pub fn relay_env(test: &str, partitions: i32) -> Vec<(String, String)> {
+    let mut env = service_env(test, partitions, 0);
+    env.push((
+        "TOCSIN__RELAY__GROUP_ID".to_owned(),
+        format!("group-{}", unique(test)),
+    ));
+    env
+}
+
+/// Empties a Redis database before a test that owns it.
+pub async fn flush_redis(url: &str) {
+    let client = redis::Client::open(url).expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis (deploy/local/stack.sh up)");
+    redis::cmd("FLUSHDB")
+        .query_async::<()>(&mut conn)
+        .await
+        .expect("FLUSHDB");
 }
 
 /// A test's own bus: its configuration (and the variables behind it), its topics created,

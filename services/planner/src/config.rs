@@ -1,0 +1,46 @@
+//! `[planner]` configuration.
+
+use secrecy::SecretString;
+use serde::Deserialize;
+use tocsin_bus::KafkaConfig;
+use tocsin_runtime::{HttpConfig, LogConfig, RedisConfig};
+
+/// The planner's defaults (`config/planner.toml`), compiled in.
+pub const DEFAULTS: &str = include_str!("../../../config/planner.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    pub redis: RedisConfig,
+    pub http: HttpConfig,
+    pub log: LogConfig,
+    pub planner: PlannerConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlannerConfig {
+    /// Consumer group of the planner instances.
+    pub group_id: String,
+    /// Names this instance in campaign leases and logs; empty means host name and pid.
+    #[serde(default)]
+    pub instance: String,
+    /// Key of the HMAC that turns an address into a suppression entry. Changing it forgets
+    /// every suppression: set it once per deployment and keep it.
+    pub suppression_key: SecretString,
+    /// Segment members examined per fan-out step (one Redis transaction per step).
+    pub batch_size: usize,
+    /// At most this many messages per contact...
+    pub frequency_cap: u32,
+    /// ...within this many days, across campaigns. 0 disables the cap.
+    pub frequency_window_days: u32,
+    /// How often due campaigns and due jobs are looked for.
+    pub tick_ms: u64,
+    /// A campaign's fan-out lease: another instance takes over this long after a crash.
+    pub lease_ms: u64,
+    /// Default lifetime of a message after its planned time, when the campaign sets none.
+    pub default_expiry_s: u64,
+    /// Time zone for campaigns that name none.
+    pub default_time_zone: String,
+}

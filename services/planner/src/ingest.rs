@@ -1,0 +1,135 @@
+//! `tocsin.segments`: keeps each contact's latest profile and each segment's members.
+//!
+//! Replaying the topic gives the same state: events of one contact arrive in order (they
+//! share a partition), applying one twice changes nothing, and an older snapshot never
+//! replaces a newer one.
+
+use redis::aio::ConnectionManager;
+use tocsin_bus::{HandleError, Handler, Inbound};
+use tocsin_contracts::domain::{EmailAddress, PhoneNumber};
+use tocsin_contracts::v1;
+use tocsin_contracts::v1::segment_event::Change;
+
+use crate::keys;
+use crate::metrics::PlannerMetrics;
+use crate::store::{self, AddressHasher};
+
+/// The suppression reason recorded for an erased person.
+pub const ERASED: &str = "erased";
+
+pub struct SegmentsHandler {
+    pub redis: ConnectionManager,
+    pub hasher: AddressHasher,
+    pub metrics: PlannerMetrics,
+}
+
+impl Handler for SegmentsHandler {
+    async fn handle(&self, message: &Inbound) -> Result<(), HandleError> {
+        let event: v1::SegmentEvent = message.decode()?;
+        let mut conn = self.redis.clone();
+        let result = match &event.change {
+            Some(Change::Entered(entered)) => {
+                self.entered(&mut conn, &event.contact_id, entered).await
+            }
+            Some(Change::Left(left)) => self.left(&mut conn, &event.contact_id, left).await,
+            Some(Change::Erased(erased)) => self.erased(&mut conn, &event.contact_id, erased).await,
+            // Validation refuses events without a change.
+            None => Ok(()),
+        };
+        result.map_err(HandleError::transient)
+    }
+}
+
+impl SegmentsHandler {
+    async fn entered(
+        &self,
+        conn: &mut ConnectionManager,
+        contact_id: &str,
+        entered: &v1::SegmentEntered,
+    ) -> redis::RedisResult<()> {
+        if let Some(contact) = &entered.contact
+            && !store::store_contact(conn, contact).await?
+        {
+            self.metrics.stale_snapshots.inc();
+        }
+        redis::pipe()
+            .atomic()
+            .zadd(keys::segment(&entered.segment_id), contact_id, 0)
+            .ignore()
+            .sadd(keys::contact_segments(contact_id), &entered.segment_id)
+            .ignore()
+            .zadd(keys::SEGMENTS, &entered.segment_id, 0)
+            .ignore()
+            .query_async::<()>(conn)
+            .await
+    }
+
+    async fn left(
+        &self,
+        conn: &mut ConnectionManager,
+        contact_id: &str,
+        left: &v1::SegmentLeft,
+    ) -> redis::RedisResult<()> {
+        if let Some(contact) = &left.contact {
+            store::store_contact(conn, contact).await?;
+        }
+        redis::pipe()
+            .atomic()
+            .zrem(keys::segment(&left.segment_id), contact_id)
+            .ignore()
+            .srem(keys::contact_segments(contact_id), &left.segment_id)
+            .ignore()
+            .query_async::<()>(conn)
+            .await
+    }
+
+    /// GDPR art. 17: the profile, memberships and counters go; only keyed hashes of the
+    /// addresses stay, on the suppression list (art. 21).
+    async fn erased(
+        &self,
+        conn: &mut ConnectionManager,
+        contact_id: &str,
+        erased: &v1::ContactErased,
+    ) -> redis::RedisResult<()> {
+        let mut hashes = Vec::new();
+        if let Some(profile) = store::load_contact(conn, contact_id).await? {
+            hashes.extend(self.hasher.addresses(&profile));
+        }
+        if let Ok(email) = EmailAddress::parse(&erased.email) {
+            hashes.push(self.hasher.email(&email));
+        }
+        if let Ok(phone) = PhoneNumber::parse(&erased.phone_e164) {
+            hashes.push(self.hasher.phone(&phone));
+        }
+        let segments: Vec<String> =
+            redis::AsyncCommands::smembers(conn, keys::contact_segments(contact_id)).await?;
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for hash in &hashes {
+            pipe.hset(keys::SUPPRESSION, hash, ERASED).ignore();
+        }
+        for segment in &segments {
+            pipe.zrem(keys::segment(segment), contact_id).ignore();
+        }
+        pipe.del(&[
+            keys::contact(contact_id),
+            keys::contact_segments(contact_id),
+            keys::frequency(contact_id),
+        ])
+        .ignore();
+        pipe.query_async::<()>(conn).await?;
+        self.metrics.erasures.inc();
+        tracing::info!(
+            addresses = hashes.len(),
+            segments = segments.len(),
+            "contact erased"
+        );
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for SegmentsHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SegmentsHandler")
+    }
+}

@@ -1,0 +1,177 @@
+//! The planner: turns a scheduled blast into exactly one send job per eligible person.
+//!
+//! # Layout
+//! - [`config`]: `[planner]` settings (batch size, frequency cap, leases, keys).
+//! - [`keys`]: the Redis layout, one table of every key.
+//! - [`store`]: contact profiles (newest snapshot wins), keyed address hashes, suppression.
+//! - [`ingest`]: the `tocsin.segments` handler: profiles, memberships, erasure.
+//! - [`commands`]: the `tocsin.campaigns` handler: schedule, pause, resume, cancel.
+//! - [`campaign`]: a campaign's record and its state machine (one Lua script).
+//! - [`eligibility`]: who gets a message and, if not, why (in the order).
+//! - [`quiet_hours`] and [`holidays`]: when a message may reach someone.
+//! - [`engine`]: fan-out in checkpointed, atomic steps under a per-campaign lease.
+//! - [`dispatch`]: the durable schedule's due jobs, re-checked and published.
+//! - [`metrics`]: Prometheus counters.
+
+pub mod campaign;
+pub mod commands;
+pub mod config;
+pub mod dispatch;
+pub mod eligibility;
+pub mod engine;
+pub mod holidays;
+pub mod ingest;
+pub mod keys;
+pub mod metrics;
+pub mod quiet_hours;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tocsin_bus::admin::{self, BrokerReachable};
+use tocsin_bus::consumer::ConsumerSpec;
+use tocsin_bus::{BusMetrics, Producer};
+use tocsin_runtime::http;
+use tocsin_runtime::readiness::{ReadinessCheck, RedisPing, redis_client};
+
+pub use config::Config;
+
+/// Runs the planner until `shutdown`: consumes segments and campaign commands, fans due
+/// campaigns out, dispatches due jobs; then finishes in-flight work and commits.
+pub async fn run(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let shutdown = tocsin_runtime::shutdown::token(shutdown);
+    let registry = prometheus::Registry::new();
+    let bus_metrics = BusMetrics::register(&registry)?;
+    let metrics = metrics::PlannerMetrics::register(&registry)?;
+    let topics = config.kafka.topics.clone();
+    admin::ensure_topics(
+        &config.kafka,
+        &[
+            &topics.segments,
+            &topics.campaigns,
+            &topics.jobs,
+            &topics.feedback,
+            &topics.dlq,
+        ],
+    )
+    .await
+    .context("creating topics")?;
+    let instance = if config.planner.instance.is_empty() {
+        format!("planner-{}", std::process::id())
+    } else {
+        config.planner.instance.clone()
+    };
+    let producer = Producer::new(&config.kafka, &instance, bus_metrics.clone())?;
+    let redis = redis::aio::ConnectionManager::new(redis_client(&config.redis)?)
+        .await
+        .context("connecting to Redis")?;
+
+    let checks: Vec<Box<dyn ReadinessCheck>> = vec![
+        Box::new(BrokerReachable::new(&config.kafka)?),
+        Box::new(RedisPing::new(&config.redis)?),
+    ];
+    let listener = tokio::net::TcpListener::bind(&config.http.listen)
+        .await
+        .with_context(|| format!("binding {}", config.http.listen))?;
+    tracing::info!(address = %listener.local_addr()?, instance, "planner listening");
+    let server = tokio::spawn(http::serve(
+        listener,
+        http::ops_router(registry, checks),
+        shutdown.clone(),
+    ));
+
+    let hasher = store::AddressHasher::new(config.planner.suppression_key.clone());
+    let planner = Arc::new(engine::Planner {
+        redis: redis.clone(),
+        producer: producer.clone(),
+        topics: topics.clone(),
+        hasher: hasher.clone(),
+        config: config.planner.clone(),
+        metrics: metrics.clone(),
+        instance: instance.clone(),
+    });
+
+    let segments = tokio::spawn({
+        let (kafka, producer, bus_metrics, shutdown) = (
+            config.kafka.clone(),
+            producer.clone(),
+            bus_metrics.clone(),
+            shutdown.clone(),
+        );
+        let spec = ConsumerSpec {
+            group_id: format!("{}-segments", config.planner.group_id),
+            client_id: instance.clone(),
+            topics: vec![topics.segments.name.clone()],
+            dlq_topic: topics.dlq.name.clone(),
+        };
+        let handler = Arc::new(ingest::SegmentsHandler {
+            redis: redis.clone(),
+            hasher,
+            metrics,
+        });
+        async move {
+            tocsin_bus::run_consumer(&kafka, &spec, handler, producer, bus_metrics, shutdown).await
+        }
+    });
+    let commands = tokio::spawn({
+        let (kafka, producer, bus_metrics, shutdown) = (
+            config.kafka.clone(),
+            producer.clone(),
+            bus_metrics.clone(),
+            shutdown.clone(),
+        );
+        let spec = ConsumerSpec {
+            group_id: format!("{}-campaigns", config.planner.group_id),
+            client_id: instance.clone(),
+            topics: vec![topics.campaigns.name.clone()],
+            dlq_topic: topics.dlq.name.clone(),
+        };
+        let handler = Arc::new(commands::CommandsHandler {
+            redis: redis.clone(),
+        });
+        async move {
+            tocsin_bus::run_consumer(&kafka, &spec, handler, producer, bus_metrics, shutdown).await
+        }
+    });
+
+    let tick = Duration::from_millis(config.planner.tick_ms);
+    let ticker = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            loop {
+                let now = chrono::Utc::now();
+                if let Err(error) = planner.fan_out_due(now).await {
+                    tracing::warn!(%error, "fan-out step failed; retrying next tick");
+                }
+                let busy = match planner.dispatch_due(chrono::Utc::now()).await {
+                    Ok(n) => n > 0,
+                    Err(error) => {
+                        tracing::warn!(%error, "dispatch failed; retrying next tick");
+                        false
+                    }
+                };
+                if !busy {
+                    tokio::select! {
+                        _ = tokio::time::sleep(tick) => {}
+                        _ = shutdown.cancelled() => break,
+                    }
+                } else if shutdown.is_cancelled() {
+                    break;
+                }
+            }
+        }
+    });
+
+    let (segments, commands, ticker) = tokio::join!(segments, commands, ticker);
+    shutdown.cancel();
+    server.await??;
+    segments??;
+    commands??;
+    ticker?;
+    Ok(())
+}
