@@ -1,20 +1,32 @@
 //! `tocsin.campaigns`: the control API's commands. Applying one twice changes nothing.
 
+use std::sync::Arc;
+
+use futures::future::try_join_all;
 use redis::aio::ConnectionManager;
-use tocsin_bus::{HandleError, Handler, Inbound};
+use tocsin_bus::{HandleError, Handler, Inbound, TraceContext};
 use tocsin_contracts::v1;
 use tocsin_contracts::v1::campaign_command::Command;
 
-use crate::campaign;
+use crate::campaign::{self, State, Transition};
+use crate::dispatch::remove_from_schedule;
+use crate::engine::{self, PlanError, Planner};
+use crate::keys;
 
 pub struct CommandsHandler {
-    pub redis: ConnectionManager,
+    pub planner: Arc<Planner>,
+}
+
+impl std::fmt::Debug for CommandsHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CommandsHandler")
+    }
 }
 
 impl Handler for CommandsHandler {
     async fn handle(&self, message: &Inbound) -> Result<(), HandleError> {
         let command: v1::CampaignCommand = message.decode()?;
-        let mut conn = self.redis.clone();
+        let mut conn = self.planner.redis.clone();
         let id = command.campaign_id.as_str();
         let result = match &command.command {
             Some(Command::Schedule(blast)) => {
@@ -22,47 +34,121 @@ impl Handler for CommandsHandler {
                 campaign::create(&mut conn, id, blast, &command.requested_by, now)
                     .await
                     .map(|_| ())
+                    .map_err(PlanError::from)
             }
-            Some(Command::Pause(_)) => apply(&mut conn, id, campaign::Command::Pause).await,
-            Some(Command::Resume(_)) => apply(&mut conn, id, campaign::Command::Resume).await,
-            Some(Command::Cancel(_)) => apply(&mut conn, id, campaign::Command::Cancel).await,
+            Some(Command::Pause(_)) => self.apply(&mut conn, id, campaign::Command::Pause).await,
+            Some(Command::Resume(_)) => self.apply(&mut conn, id, campaign::Command::Resume).await,
+            Some(Command::Cancel(_)) => self.apply(&mut conn, id, campaign::Command::Cancel).await,
             None => Ok(()),
         };
         result.map_err(HandleError::transient)
     }
 }
 
-async fn apply(
-    conn: &mut ConnectionManager,
-    id: &str,
-    command: campaign::Command,
-) -> redis::RedisResult<()> {
-    match campaign::apply(conn, id, command).await? {
-        campaign::Transition::Done(state) => {
-            tracing::info!(
-                campaign = id,
-                ?command,
-                state = state.as_str(),
-                "campaign command applied"
-            );
+impl CommandsHandler {
+    async fn apply(
+        &self,
+        conn: &mut ConnectionManager,
+        id: &str,
+        command: campaign::Command,
+    ) -> Result<(), PlanError> {
+        match campaign::apply(conn, id, command).await? {
+            Transition::Done(state) => {
+                tracing::info!(
+                    campaign = id,
+                    ?command,
+                    state = state.as_str(),
+                    "campaign command applied"
+                );
+                if state == State::Cancelled {
+                    let swept = self.sweep(conn, id).await?;
+                    tracing::info!(
+                        campaign = id,
+                        swept,
+                        "cancelled campaign's waiting jobs removed"
+                    );
+                }
+            }
+            Transition::Refused(state) => {
+                tracing::warn!(
+                    campaign = id,
+                    ?command,
+                    state = state.as_str(),
+                    "campaign command refused in this state"
+                );
+            }
+            Transition::NotFound => {
+                tracing::warn!(campaign = id, ?command, "command for an unknown campaign");
+            }
         }
-        campaign::Transition::Refused(state) => {
-            tracing::warn!(
-                campaign = id,
-                ?command,
-                state = state.as_str(),
-                "campaign command refused in this state"
-            );
-        }
-        campaign::Transition::NotFound => {
-            tracing::warn!(campaign = id, ?command, "command for an unknown campaign");
-        }
+        Ok(())
     }
-    Ok(())
-}
 
-impl std::fmt::Debug for CommandsHandler {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("CommandsHandler")
+    /// Takes a cancelled campaign's jobs out of the schedule now, each with a
+    /// `Feedback(cancelled)`, rather than when they come due (hours later for quiet hours).
+    async fn sweep(&self, conn: &mut ConnectionManager, id: &str) -> Result<usize, PlanError> {
+        let escaped: String = id
+            .chars()
+            .flat_map(|c| match c {
+                '*' | '?' | '[' | ']' | '\\' => vec!['\\', c],
+                _ => vec![c],
+            })
+            .collect();
+        let pattern = format!("{escaped}\u{1f}*");
+        let trace = TraceContext::new_root();
+        let channel = campaign::load(conn, id)
+            .await?
+            .map(|k| engine::channel_of(&k.blast))
+            .unwrap_or_default();
+        let mut cursor: u64 = 0;
+        let mut swept = 0;
+        loop {
+            let (next, found): (u64, Vec<String>) = redis::cmd("ZSCAN")
+                .arg(keys::SCHEDULE)
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(conn)
+                .await?;
+            let members: Vec<&String> = found.iter().step_by(2).collect();
+            let feedback: Vec<v1::Feedback> = members
+                .iter()
+                .filter_map(|m| keys::split_schedule_member(m))
+                .map(|(_, contact)| {
+                    self.planner.feedback(
+                        id,
+                        contact,
+                        channel,
+                        v1::FeedbackKind::Cancelled,
+                        v1::Reason::Unspecified,
+                        "campaign cancelled",
+                    )
+                })
+                .collect();
+            let topic = &self.planner.topics.feedback.name;
+            try_join_all(feedback.iter().map(|f| {
+                let event_id = f
+                    .meta
+                    .as_ref()
+                    .map(|m| m.event_id.as_str())
+                    .unwrap_or_default();
+                self.planner
+                    .producer
+                    .publish(topic, &f.contact_id, event_id, f, &trace)
+            }))
+            .await?;
+            let mut pipe = redis::pipe();
+            for member in &members {
+                remove_from_schedule(&mut pipe, id, member, "dropped");
+            }
+            pipe.query_async::<()>(conn).await?;
+            swept += members.len();
+            if next == 0 {
+                return Ok(swept);
+            }
+            cursor = next;
+        }
     }
 }

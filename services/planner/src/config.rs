@@ -39,6 +39,9 @@ pub struct PlannerConfig {
     pub tick_ms: u64,
     /// A campaign's fan-out lease: another instance takes over this long after a crash.
     pub lease_ms: u64,
+    /// How long a dispatcher hides the due jobs it claimed from other instances; a crashed
+    /// instance's claims come due again after this long.
+    pub dispatch_claim_ms: u64,
     /// Default lifetime of a message after its planned time, when the campaign sets none.
     pub default_expiry_s: u64,
     /// Time zone for campaigns that name none.

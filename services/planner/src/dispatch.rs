@@ -24,8 +24,6 @@ use crate::keys;
 use crate::quiet_hours::QuietHours;
 use crate::store;
 
-/// How long a claimed job is hidden from other dispatchers.
-const CLAIM_MS: i64 = 30_000;
 /// How soon a held job (paused campaign) is looked at again.
 const HOLD_MS: i64 = 2_000;
 
@@ -57,7 +55,7 @@ impl Planner {
             .key(keys::SCHEDULE)
             .arg(now_ms)
             .arg(self.config.batch_size)
-            .arg(now_ms + CLAIM_MS)
+            .arg(now_ms + i64::try_from(self.config.dispatch_claim_ms).unwrap_or(30_000))
             .invoke_async(&mut conn)
             .await?;
         if claimed.is_empty() {
@@ -158,17 +156,14 @@ impl Planner {
         .await?;
 
         let mut tx = redis::pipe();
-        tx.atomic();
         let mut touched: Vec<&str> = Vec::new();
         for ((member, _), action) in claimed.iter().zip(&actions) {
             let campaign_id = keys::split_schedule_member(member)
                 .map(|(k, _)| k)
                 .unwrap_or_default();
-            let counters = keys::campaign_counters(campaign_id);
             match action {
                 Action::Publish(job) => {
-                    tx.zrem(keys::SCHEDULE, member).ignore();
-                    tx.hincr(&counters, "dispatched", 1).ignore();
+                    remove_from_schedule(&mut tx, campaign_id, member, "dispatched");
                     let channel = v1::Channel::try_from(job.channel).unwrap_or_default();
                     self.metrics
                         .dispatched
@@ -176,11 +171,16 @@ impl Planner {
                         .inc();
                 }
                 Action::Hold(score) => {
-                    tx.zadd(keys::SCHEDULE, member, *score).ignore();
+                    // XX: a job a cancel sweep took out meanwhile stays out.
+                    tx.cmd("ZADD")
+                        .arg(keys::SCHEDULE)
+                        .arg("XX")
+                        .arg(*score)
+                        .arg(member)
+                        .ignore();
                 }
                 Action::Drop(_, counter) => {
-                    tx.zrem(keys::SCHEDULE, member).ignore();
-                    tx.hincr(&counters, *counter, 1).ignore();
+                    remove_from_schedule(&mut tx, campaign_id, member, counter);
                     if *counter == "expired" {
                         self.metrics.expired.inc();
                     }
@@ -343,7 +343,7 @@ impl Planner {
         })
     }
 
-    fn feedback(
+    pub(crate) fn feedback(
         &self,
         campaign_id: &str,
         contact_id: &str,
@@ -371,6 +371,27 @@ impl Planner {
             ..Default::default()
         }
     }
+}
+
+/// Adds to `pipe` the removal of a job from the schedule, counted under `counter` only if
+/// this removal is the one that took it out (a cancel sweep and a dispatcher may race).
+pub fn remove_from_schedule(
+    pipe: &mut redis::Pipeline,
+    campaign_id: &str,
+    member: &str,
+    counter: &str,
+) {
+    // EVAL (not EVALSHA): a pipeline cannot load a missing script; Redis caches it anyway.
+    const SCRIPT: &str = "if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then \
+                          redis.call('HINCRBY', KEYS[2], ARGV[2], 1) end return 0";
+    pipe.cmd("EVAL")
+        .arg(SCRIPT)
+        .arg(2)
+        .arg(keys::SCHEDULE)
+        .arg(keys::campaign_counters(campaign_id))
+        .arg(member)
+        .arg(counter)
+        .ignore();
 }
 
 enum Outgoing<'a> {

@@ -132,7 +132,7 @@ pub async fn run(
             dlq_topic: topics.dlq.name.clone(),
         };
         let handler = Arc::new(commands::CommandsHandler {
-            redis: redis.clone(),
+            planner: planner.clone(),
         });
         async move {
             tocsin_bus::run_consumer(&kafka, &spec, handler, producer, bus_metrics, shutdown).await
