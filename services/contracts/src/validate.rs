@@ -27,6 +27,23 @@ fn required(field: &'static str, value: &str) -> Result<(), ValidationError> {
     Ok(())
 }
 
+/// Identifiers travel in Redis keys and composite values: letters, digits and `._:-` only,
+/// at most 128 characters.
+fn identifier(field: &'static str, value: &str) -> Result<(), ValidationError> {
+    required(field, value)?;
+    let ok = value.len() <= 128
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
+    if !ok {
+        return Err(ValidationError {
+            field,
+            problem: "must be at most 128 letters, digits, '.', '_', ':' or '-'",
+        });
+    }
+    Ok(())
+}
+
 fn present<T>(field: &'static str, value: Option<&T>) -> Result<(), ValidationError> {
     match value {
         Some(_) => Ok(()),
@@ -59,10 +76,10 @@ impl Validate for v1::SegmentEvent {
     fn validate(&self) -> Result<(), ValidationError> {
         use v1::segment_event::Change;
         meta(self.meta.as_ref())?;
-        required("contactId", &self.contact_id)?;
+        identifier("contactId", &self.contact_id)?;
         match &self.change {
             Some(Change::Entered(entered)) => {
-                required("entered.segmentId", &entered.segment_id)?;
+                identifier("entered.segmentId", &entered.segment_id)?;
                 let contact = entered.contact.as_ref().ok_or(ValidationError {
                     field: "entered.contact",
                     problem: "is required",
@@ -76,7 +93,7 @@ impl Validate for v1::SegmentEvent {
                 Ok(())
             }
             Some(Change::Left(left)) => {
-                required("left.segmentId", &left.segment_id)?;
+                identifier("left.segmentId", &left.segment_id)?;
                 match &left.contact {
                     Some(contact) if contact.id != self.contact_id => Err(ValidationError {
                         field: "left.contact.id",
@@ -98,11 +115,11 @@ impl Validate for v1::CampaignCommand {
     fn validate(&self) -> Result<(), ValidationError> {
         use v1::campaign_command::Command;
         meta(self.meta.as_ref())?;
-        required("campaignId", &self.campaign_id)?;
+        identifier("campaignId", &self.campaign_id)?;
         match &self.command {
             Some(Command::Schedule(blast)) => {
-                required("schedule.segmentId", &blast.segment_id)?;
-                required("schedule.templateId", &blast.template_id)?;
+                identifier("schedule.segmentId", &blast.segment_id)?;
+                identifier("schedule.templateId", &blast.template_id)?;
                 channel("schedule.channel", blast.channel)?;
                 present("schedule.startAt", blast.start_at.as_ref())
             }

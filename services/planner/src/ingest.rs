@@ -12,7 +12,7 @@ use tocsin_contracts::v1::segment_event::Change;
 
 use crate::keys;
 use crate::metrics::PlannerMetrics;
-use crate::store::{self, AddressHasher};
+use crate::store::{self, AddressHasher, Membership};
 
 /// The suppression reason recorded for an erased person.
 pub const ERASED: &str = "erased";
@@ -47,21 +47,17 @@ impl SegmentsHandler {
         contact_id: &str,
         entered: &v1::SegmentEntered,
     ) -> redis::RedisResult<()> {
-        if let Some(contact) = &entered.contact
-            && !store::store_contact(conn, contact).await?
-        {
+        let fresh = store::apply_membership(
+            conn,
+            contact_id,
+            Membership::Enter(&entered.segment_id),
+            entered.contact.as_ref(),
+        )
+        .await?;
+        if !fresh {
             self.metrics.stale_snapshots.inc();
         }
-        redis::pipe()
-            .atomic()
-            .zadd(keys::segment(&entered.segment_id), contact_id, 0)
-            .ignore()
-            .sadd(keys::contact_segments(contact_id), &entered.segment_id)
-            .ignore()
-            .zadd(keys::SEGMENTS, &entered.segment_id, 0)
-            .ignore()
-            .query_async::<()>(conn)
-            .await
+        Ok(())
     }
 
     async fn left(
@@ -70,17 +66,14 @@ impl SegmentsHandler {
         contact_id: &str,
         left: &v1::SegmentLeft,
     ) -> redis::RedisResult<()> {
-        if let Some(contact) = &left.contact {
-            store::store_contact(conn, contact).await?;
-        }
-        redis::pipe()
-            .atomic()
-            .zrem(keys::segment(&left.segment_id), contact_id)
-            .ignore()
-            .srem(keys::contact_segments(contact_id), &left.segment_id)
-            .ignore()
-            .query_async::<()>(conn)
-            .await
+        store::apply_membership(
+            conn,
+            contact_id,
+            Membership::Leave(&left.segment_id),
+            left.contact.as_ref(),
+        )
+        .await
+        .map(|_| ())
     }
 
     /// GDPR art. 17: the profile, memberships and counters go; only keyed hashes of the
@@ -92,8 +85,11 @@ impl SegmentsHandler {
         erased: &v1::ContactErased,
     ) -> redis::RedisResult<()> {
         let mut hashes = Vec::new();
-        if let Some(profile) = store::load_contact(conn, contact_id).await? {
-            hashes.extend(self.hasher.addresses(&profile));
+        let record = store::load_record(conn, contact_id)
+            .await?
+            .unwrap_or_default();
+        if let Some(profile) = &record.contact {
+            hashes.extend(self.hasher.addresses(profile));
         }
         if let Ok(email) = EmailAddress::parse(&erased.email) {
             hashes.push(self.hasher.email(&email));
@@ -101,8 +97,7 @@ impl SegmentsHandler {
         if let Ok(phone) = PhoneNumber::parse(&erased.phone_e164) {
             hashes.push(self.hasher.phone(&phone));
         }
-        let segments: Vec<String> =
-            redis::AsyncCommands::smembers(conn, keys::contact_segments(contact_id)).await?;
+        let segments = record.segments;
         let mut pipe = redis::pipe();
         pipe.atomic();
         for hash in &hashes {
@@ -111,12 +106,8 @@ impl SegmentsHandler {
         for segment in &segments {
             pipe.zrem(keys::segment(segment), contact_id).ignore();
         }
-        pipe.del(&[
-            keys::contact(contact_id),
-            keys::contact_segments(contact_id),
-            keys::frequency(contact_id),
-        ])
-        .ignore();
+        pipe.del(&[keys::contact(contact_id), keys::frequency(contact_id)])
+            .ignore();
         pipe.query_async::<()>(conn).await?;
         self.metrics.erasures.inc();
         tracing::info!(

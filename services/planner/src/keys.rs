@@ -3,8 +3,7 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `t:c:{C}` | string | contact C's latest snapshot, protobuf `Contact` (field numbers, not names: compact) |
-//! | `t:cs:{C}` | set | the segments C is a member of (for erasure) |
+//! | `t:c:{C}` | string | contact C: `V<version, 16 digits>\|<segment>,<segment>\n<protobuf Contact>` (one key per contact; see [`crate::store`]) |
 //! | `t:s:S` | sorted set, all scores 0 | segment S's members, walked in lexical order by fan-out |
 //! | `t:sup` | hash | suppression: `e:HASH` / `p:HASH` (keyed hash of the address) → reason |
 //! | `t:fq:{C}` | sorted set | C's planned messages (idempotency key → planned ms), for the frequency cap |
@@ -25,10 +24,6 @@ pub const SEGMENTS: &str = "t:segs";
 
 pub fn contact(id: &str) -> String {
     format!("t:c:{{{id}}}")
-}
-
-pub fn contact_segments(id: &str) -> String {
-    format!("t:cs:{{{id}}}")
 }
 
 pub fn segment(id: &str) -> String {
