@@ -92,13 +92,117 @@ pub fn idempotency_key(campaign_id: &str, contact_id: &str, channel: v1::Channel
     )
 }
 
-/// A member's decision in a step.
-enum Verdict {
+/// A member's decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
     Plan {
         address_hash: String,
         not_before_ms: i64,
     },
     Refuse(Refusal),
+}
+
+/// Decides a batch of members of `blast` exactly as the fan-out does, without writing
+/// anything: the fan-out records the verdicts, the API's dry run counts them. `seen` holds
+/// the address hashes already decided in this run (the dry run keeps it across batches;
+/// the fan-out's memory across steps is the campaign's address set in Redis).
+#[allow(clippy::too_many_arguments)]
+pub async fn evaluate(
+    conn: &mut ConnectionManager,
+    hasher: &AddressHasher,
+    config: &PlannerConfig,
+    campaign_id: &str,
+    blast: &v1::ScheduleBlast,
+    members: &[String],
+    now: DateTime<Utc>,
+    seen: &mut HashSet<String>,
+) -> Result<Vec<Verdict>, redis::RedisError> {
+    let channel = channel_of(blast);
+    let quiet = QuietHours::from_proto(blast.quiet_hours.as_ref(), channel)
+        .unwrap_or_else(|_| QuietHours::default_for(channel));
+    let start = blast
+        .start_at
+        .as_ref()
+        .and_then(|t| Utc.timestamp_opt(t.seconds, 0).single())
+        .map_or(now, |s| s.max(now));
+    let window_start = millis(now) - i64::from(config.frequency_window_days) * 24 * 3600 * 1000;
+
+    let contacts = store::load_contacts(conn, members).await?;
+    let addresses: Vec<Option<Result<String, Refusal>>> = contacts
+        .iter()
+        .map(|c| {
+            c.as_ref()
+                .map(|c| eligibility::address_hash(hasher, c, channel))
+        })
+        .collect();
+    let hashes: Vec<String> = addresses
+        .iter()
+        .map(|a| match a {
+            Some(Ok(h)) => h.clone(),
+            _ => String::new(),
+        })
+        .collect();
+    let mut lookups = redis::pipe();
+    lookups.cmd("HMGET").arg(keys::SUPPRESSION).arg(&hashes);
+    lookups
+        .cmd("SMISMEMBER")
+        .arg(keys::campaign_addresses(campaign_id))
+        .arg(&hashes);
+    for member in members {
+        lookups.zcount(keys::frequency(member), window_start, "+inf");
+    }
+    let mut replies: Vec<redis::Value> = lookups.query_async(conn).await?;
+    let counts: Vec<u32> = replies
+        .split_off(2)
+        .into_iter()
+        .map(|v| redis::from_redis_value(&v).unwrap_or(0))
+        .collect();
+    let planned_flags: Vec<bool> = redis::from_redis_value(&replies[1])?;
+    let suppression: Vec<Option<String>> = redis::from_redis_value(&replies[0])?;
+
+    Ok(members
+        .iter()
+        .enumerate()
+        .map(|(i, _)| {
+            let Some(contact) = &contacts[i] else {
+                return Verdict::Refuse(Refusal {
+                    reason: v1::Reason::Erased,
+                    detail: "no profile for this member".to_owned(),
+                });
+            };
+            let address = addresses[i].clone().unwrap_or_else(|| {
+                Err(Refusal {
+                    reason: v1::Reason::InvalidAddress,
+                    detail: "no profile".to_owned(),
+                })
+            });
+            let already = planned_flags.get(i).copied().unwrap_or(false)
+                || (!hashes[i].is_empty() && !seen.insert(hashes[i].clone()));
+            let facts = Facts {
+                contact,
+                suppression: suppression.get(i).and_then(|s| s.as_deref()),
+                recent_messages: counts.get(i).copied().unwrap_or(0),
+                frequency_cap: config.frequency_cap,
+                already_planned: already,
+            };
+            match eligibility::decide(facts, channel, &address) {
+                Ok(recipient) => {
+                    let zone = recipient_zone(contact, &blast.time_zone, &config.default_time_zone);
+                    match quiet.next_allowed(start, zone) {
+                        Some(at) => Verdict::Plan {
+                            address_hash: recipient.address_hash,
+                            not_before_ms: millis(at),
+                        },
+                        None => Verdict::Refuse(Refusal {
+                            reason: v1::Reason::Unspecified,
+                            detail: "the campaign's quiet hours never open".to_owned(),
+                        }),
+                    }
+                }
+                Err(refusal) => Verdict::Refuse(refusal),
+            }
+        })
+        .collect())
 }
 
 impl Planner {
@@ -223,97 +327,20 @@ impl Planner {
         let blast = &campaign.blast;
         let channel = channel_of(blast);
         let channel_name = eligibility::channel_name(channel);
-        let quiet = QuietHours::from_proto(blast.quiet_hours.as_ref(), channel)
-            .unwrap_or_else(|_| QuietHours::default_for(channel));
-        let start = blast
-            .start_at
-            .as_ref()
-            .and_then(|t| Utc.timestamp_opt(t.seconds, 0).single())
-            .map_or(now, |s| s.max(now));
         let window_start =
             millis(now) - i64::from(self.config.frequency_window_days) * 24 * 3600 * 1000;
-
-        let contacts = store::load_contacts(conn, members).await?;
-        let addresses: Vec<Option<Result<String, Refusal>>> = contacts
-            .iter()
-            .map(|c| {
-                c.as_ref()
-                    .map(|c| eligibility::address_hash(&self.hasher, c, channel))
-            })
-            .collect();
-        let hashes: Vec<String> = addresses
-            .iter()
-            .map(|a| match a {
-                Some(Ok(h)) => h.clone(),
-                _ => String::new(),
-            })
-            .collect();
-        let mut lookups = redis::pipe();
-        lookups.cmd("HMGET").arg(keys::SUPPRESSION).arg(&hashes);
-        lookups
-            .cmd("SMISMEMBER")
-            .arg(keys::campaign_addresses(&campaign.id))
-            .arg(&hashes);
-        for member in members {
-            lookups.zcount(keys::frequency(member), window_start, "+inf");
-        }
-        let mut replies: Vec<redis::Value> = lookups.query_async(conn).await?;
-        let counts: Vec<u32> = replies
-            .split_off(2)
-            .into_iter()
-            .map(|v| redis::from_redis_value(&v).unwrap_or(0))
-            .collect();
-        let planned_flags: Vec<bool> = redis::from_redis_value(&replies[1])?;
-        let suppression: Vec<Option<String>> = redis::from_redis_value(&replies[0])?;
-
-        let mut seen_in_step: HashSet<&str> = HashSet::new();
-        let verdicts: Vec<Verdict> = members
-            .iter()
-            .enumerate()
-            .map(|(i, _)| {
-                let Some(contact) = &contacts[i] else {
-                    return Verdict::Refuse(Refusal {
-                        reason: v1::Reason::Erased,
-                        detail: "no profile for this member".to_owned(),
-                    });
-                };
-                let address = addresses[i].clone().unwrap_or_else(|| {
-                    Err(Refusal {
-                        reason: v1::Reason::InvalidAddress,
-                        detail: "no profile".to_owned(),
-                    })
-                });
-                let already = planned_flags.get(i).copied().unwrap_or(false)
-                    || (!hashes[i].is_empty() && !seen_in_step.insert(hashes[i].as_str()));
-                let facts = Facts {
-                    contact,
-                    suppression: suppression.get(i).and_then(|s| s.as_deref()),
-                    recent_messages: counts.get(i).copied().unwrap_or(0),
-                    frequency_cap: self.config.frequency_cap,
-                    already_planned: already,
-                };
-                match eligibility::decide(facts, channel, &address) {
-                    Ok(recipient) => {
-                        let zone = recipient_zone(
-                            contact,
-                            &blast.time_zone,
-                            &self.config.default_time_zone,
-                        );
-                        match quiet.next_allowed(start, zone) {
-                            Some(at) => Verdict::Plan {
-                                address_hash: recipient.address_hash,
-                                not_before_ms: millis(at),
-                            },
-                            None => Verdict::Refuse(Refusal {
-                                reason: v1::Reason::Unspecified,
-                                detail: "the campaign's quiet hours never open".to_owned(),
-                            }),
-                        }
-                    }
-                    Err(refusal) => Verdict::Refuse(refusal),
-                }
-            })
-            .collect();
+        let mut seen = HashSet::new();
+        let verdicts = evaluate(
+            conn,
+            &self.hasher,
+            &self.config,
+            &campaign.id,
+            blast,
+            members,
+            now,
+            &mut seen,
+        )
+        .await?;
 
         // 3. Feedback for the refusals, acknowledged before the step is recorded.
         let trace = TraceContext::new_root();

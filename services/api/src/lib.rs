@@ -1,0 +1,96 @@
+//! The control API: what the communications team (and the `tocsin` CLI) call.
+//!
+//! # Layout
+//! - [`config`]: `[api]` (tokens and roles) plus the `[planner]` settings the dry run shares.
+//! - [`auth`]: bearer tokens, compared in constant time; roles reader < operator.
+//! - [`campaigns`]: schedule (validated field by field), list, read with counters, pause,
+//!   resume, cancel (applied in Redis before the answer), dry run.
+//! - [`segments`]: sizes and masked samples.
+//! - [`error`]: every error is a status and `{"error", "field"}`.
+//! - [`openapi`]: the OpenAPI document, served at `/openapi.json` and kept in the repo.
+
+pub mod auth;
+pub mod campaigns;
+pub mod config;
+pub mod error;
+pub mod openapi;
+pub mod segments;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::Router;
+use axum::routing::{get, post};
+use tocsin_bus::admin::{self, BrokerReachable};
+use tocsin_bus::{BusMetrics, Producer};
+use tocsin_planner::store::AddressHasher;
+use tocsin_runtime::http;
+use tocsin_runtime::readiness::{ReadinessCheck, RedisPing, redis_client};
+
+pub use config::Config;
+
+/// What every request handler shares.
+pub struct AppState {
+    pub config: Config,
+    pub redis: redis::aio::ConnectionManager,
+    pub producer: Producer,
+    pub hasher: AddressHasher,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AppState")
+    }
+}
+
+/// The API's routes (the ops routes are merged in by [`run`]).
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route(
+            "/v1/campaigns",
+            post(campaigns::create).get(campaigns::list),
+        )
+        .route("/v1/campaigns/dry-run", post(campaigns::dry_run))
+        .route("/v1/campaigns/{id}", get(campaigns::get))
+        .route("/v1/campaigns/{id}/pause", post(campaigns::pause))
+        .route("/v1/campaigns/{id}/resume", post(campaigns::resume))
+        .route("/v1/campaigns/{id}/cancel", post(campaigns::cancel))
+        .route("/v1/segments", get(segments::list))
+        .route("/v1/segments/{id}", get(segments::get))
+        .route("/openapi.json", get(openapi::serve))
+        .with_state(state)
+}
+
+/// Serves the API until `shutdown`.
+pub async fn run(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let shutdown = tocsin_runtime::shutdown::token(shutdown);
+    let registry = prometheus::Registry::new();
+    let bus_metrics = BusMetrics::register(&registry)?;
+    admin::ensure_topics(&config.kafka, &[&config.kafka.topics.campaigns])
+        .await
+        .context("creating topics")?;
+    let producer = Producer::new(&config.kafka, "tocsin-api", bus_metrics)?;
+    let redis = redis::aio::ConnectionManager::new(redis_client(&config.redis)?)
+        .await
+        .context("connecting to Redis")?;
+    let checks: Vec<Box<dyn ReadinessCheck>> = vec![
+        Box::new(BrokerReachable::new(&config.kafka)?),
+        Box::new(RedisPing::new(&config.redis)?),
+    ];
+    let listener = tokio::net::TcpListener::bind(&config.http.listen)
+        .await
+        .with_context(|| format!("binding {}", config.http.listen))?;
+    tracing::info!(address = %listener.local_addr()?, "api listening");
+    let state = Arc::new(AppState {
+        hasher: AddressHasher::new(config.planner.suppression_key.clone()),
+        config,
+        redis,
+        producer,
+    });
+    let app = router(state).merge(http::ops_router(registry, checks));
+    http::serve(listener, app, shutdown).await?;
+    Ok(())
+}

@@ -1,0 +1,14 @@
+//! `tocsin-api`: see the crate documentation.
+
+use anyhow::Context;
+use tocsin_api::Config;
+use tocsin_runtime::ConfigLoader;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config: Config = ConfigLoader::from_process(Some(tocsin_api::config::DEFAULTS))
+        .load()
+        .context("loading configuration")?;
+    tocsin_runtime::telemetry::init(&config.log).map_err(anyhow::Error::msg)?;
+    tocsin_api::run(config, tocsin_runtime::shutdown::signal()).await
+}

@@ -1,0 +1,50 @@
+//! The OpenAPI document, generated from the handlers and types. A copy is kept in the repo
+//! (`services/api/openapi.json`); a test fails when the two differ (regenerate with
+//! `TOCSIN_UPDATE_OPENAPI=1 cargo test -p tocsin-api --test openapi`).
+
+use axum::Json;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::{campaigns, error, segments};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Tocsin control API", description = "Schedule and steer blasts; read segments."),
+    paths(
+        campaigns::create, campaigns::list, campaigns::get, campaigns::pause,
+        campaigns::resume, campaigns::cancel, campaigns::dry_run,
+        segments::list, segments::get,
+    ),
+    components(schemas(
+        campaigns::CampaignRequest, campaigns::CampaignView, campaigns::Counters,
+        campaigns::DryRun, campaigns::Channel, campaigns::Tracking,
+        campaigns::QuietHoursRequest, campaigns::WindowRequest,
+        segments::SegmentSummary, segments::SegmentDetail, segments::MemberSample,
+        error::ErrorBody,
+    )),
+    modifiers(&Bearer),
+)]
+#[derive(Debug)]
+pub struct ApiDoc;
+
+struct Bearer;
+
+impl Modify for Bearer {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+/// The document as JSON, pretty-printed (what the repo keeps).
+pub fn document() -> String {
+    ApiDoc::openapi().to_pretty_json().unwrap_or_default()
+}
+
+pub async fn serve() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
