@@ -1,0 +1,297 @@
+//! `tocsin`: every control-API action from a terminal. Tables for people, `--json` for
+//! scripts, `campaigns watch` for a live progress bar.
+//!
+//! # Layout
+//! - [`Cli`]: the commands and their options (clap).
+//! - [`client`]: HTTP calls to the API and its errors.
+//! - [`render`]: tables and the progress line.
+
+pub mod client;
+pub mod render;
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::{Value, json};
+
+use crate::client::{Client, ClientError};
+
+#[derive(Debug, Parser)]
+#[command(name = "tocsin", version, about = "Schedule and steer Tocsin blasts")]
+pub struct Cli {
+    /// The control API.
+    #[arg(
+        long,
+        env = "TOCSIN_API_URL",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    pub api: String,
+    /// A bearer token from the API's configuration.
+    #[arg(long, env = "TOCSIN_API_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// Print the API's JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Blasts: schedule, list, show, pause, resume, cancel, dry-run, watch.
+    #[command(subcommand)]
+    Campaigns(Campaigns),
+    /// Segments published by the CRM.
+    #[command(subcommand)]
+    Segments(Segments),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Campaigns {
+    /// Schedule a blast.
+    Create(Box<CampaignArgs>),
+    /// Audience size and suppression breakdown, without sending.
+    DryRun(Box<CampaignArgs>),
+    /// Campaigns, newest first.
+    List,
+    /// One campaign with its counters.
+    Show {
+        id: String,
+    },
+    Pause {
+        id: String,
+    },
+    Resume {
+        id: String,
+    },
+    /// No message of the campaign leaves once this returns.
+    Cancel {
+        id: String,
+    },
+    /// A live progress bar until the campaign completes or is cancelled.
+    Watch {
+        id: String,
+        /// Seconds between two looks.
+        #[arg(long, default_value_t = 1.0)]
+        every: f64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Segments {
+    List,
+    Show {
+        id: String,
+        /// Members to show, addresses masked.
+        #[arg(long, default_value_t = 10)]
+        sample: usize,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Channel {
+    Email,
+    Sms,
+}
+
+#[derive(Debug, Args)]
+pub struct CampaignArgs {
+    /// Campaign id (generated when absent).
+    #[arg(long)]
+    pub id: Option<String>,
+    #[arg(long)]
+    pub name: String,
+    #[arg(long)]
+    pub segment: String,
+    #[arg(long, value_enum)]
+    pub channel: Channel,
+    #[arg(long)]
+    pub template: String,
+    #[arg(long, default_value_t = 0)]
+    pub template_version: u32,
+    /// `now` or RFC 3339 with an offset.
+    #[arg(long, default_value = "now")]
+    pub start: String,
+    /// IANA time zone for recipients who have none.
+    #[arg(long)]
+    pub time_zone: Option<String>,
+    /// `90m`, `6h`, `1d`.
+    #[arg(long)]
+    pub expiry: Option<String>,
+    #[arg(long)]
+    pub sender_profile: String,
+    #[arg(long)]
+    pub max_sms_parts: Option<u32>,
+    /// Quiet hours: `default` (the channel's), `none`, or windows such as
+    /// `1-5@08:00-20:00,6@09:00-18:00` (ISO weekdays, 1 = Monday).
+    #[arg(long, default_value = "default")]
+    pub quiet_hours: String,
+    /// Also close French public holidays (with explicit windows).
+    #[arg(long)]
+    pub skip_holidays: bool,
+}
+
+/// A usage mistake the CLI can tell before asking the API.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+fn quiet_hours(spec: &str, skip_holidays: bool) -> Result<Option<Value>, UsageError> {
+    match spec {
+        "default" => return Ok(None),
+        "none" => return Ok(Some(json!({"disabled": true}))),
+        _ => {}
+    }
+    let mut windows = Vec::new();
+    for part in spec.split(',') {
+        let bad = || {
+            UsageError(format!(
+                "--quiet-hours: {part:?} is not like 1-5@08:00-20:00"
+            ))
+        };
+        let (days, hours) = part.split_once('@').ok_or_else(bad)?;
+        let (start, end) = hours.split_once('-').ok_or_else(bad)?;
+        let days: Vec<u32> = match days.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (u32, u32) =
+                    (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+                (a..=b).collect()
+            }
+            None => vec![days.parse().map_err(|_| bad())?],
+        };
+        windows.push(json!({"days": days, "start": start, "end": end}));
+    }
+    Ok(Some(
+        json!({"windows": windows, "skipFrenchPublicHolidays": skip_holidays}),
+    ))
+}
+
+fn request_body(args: &CampaignArgs) -> Result<Value, UsageError> {
+    let mut body = json!({
+        "name": args.name,
+        "segment": args.segment,
+        "channel": match args.channel { Channel::Email => "email", Channel::Sms => "sms" },
+        "template": args.template,
+        "templateVersion": args.template_version,
+        "startAt": args.start,
+        "senderProfile": args.sender_profile,
+    });
+    let fields = [
+        ("id", args.id.clone().map(Value::from)),
+        ("timeZone", args.time_zone.clone().map(Value::from)),
+        ("expiry", args.expiry.clone().map(Value::from)),
+        ("maxSmsParts", args.max_sms_parts.map(Value::from)),
+        (
+            "quietHours",
+            quiet_hours(&args.quiet_hours, args.skip_holidays)?,
+        ),
+    ];
+    for (k, v) in fields {
+        if let Some(v) = v {
+            body[k] = v;
+        }
+    }
+    Ok(body)
+}
+
+/// Runs one command; what it prints goes to `out`.
+pub async fn run(cli: Cli, out: &mut impl std::io::Write) -> anyhow::Result<()> {
+    let client = Client::new(&cli.api, cli.token.clone());
+    let value = match &cli.command {
+        Command::Campaigns(Campaigns::Create(args)) => {
+            client.post("/v1/campaigns", &request_body(args)?).await?
+        }
+        Command::Campaigns(Campaigns::DryRun(args)) => {
+            client
+                .post("/v1/campaigns/dry-run", &request_body(args)?)
+                .await?
+        }
+        Command::Campaigns(Campaigns::List) => client.get("/v1/campaigns").await?,
+        Command::Campaigns(Campaigns::Show { id }) => {
+            client.get(&format!("/v1/campaigns/{id}")).await?
+        }
+        Command::Campaigns(Campaigns::Pause { id }) => {
+            client
+                .post(&format!("/v1/campaigns/{id}/pause"), &json!({}))
+                .await?
+        }
+        Command::Campaigns(Campaigns::Resume { id }) => {
+            client
+                .post(&format!("/v1/campaigns/{id}/resume"), &json!({}))
+                .await?
+        }
+        Command::Campaigns(Campaigns::Cancel { id }) => {
+            client
+                .post(&format!("/v1/campaigns/{id}/cancel"), &json!({}))
+                .await?
+        }
+        Command::Campaigns(Campaigns::Watch { id, every }) => {
+            return watch(
+                &client,
+                id,
+                Duration::from_secs_f64(every.max(0.1)),
+                cli.json,
+                out,
+            )
+            .await;
+        }
+        Command::Segments(Segments::List) => client.get("/v1/segments").await?,
+        Command::Segments(Segments::Show { id, sample }) => {
+            client
+                .get(&format!("/v1/segments/{id}?sample={sample}"))
+                .await?
+        }
+    };
+    if cli.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
+        return Ok(());
+    }
+    let text = match &cli.command {
+        Command::Campaigns(Campaigns::List) => render::campaign_list(&value),
+        Command::Campaigns(Campaigns::DryRun(_)) => render::dry_run(&value),
+        Command::Campaigns(_) => render::campaign(&value),
+        Command::Segments(Segments::List) => render::segment_list(&value),
+        Command::Segments(Segments::Show { .. }) => render::segment(&value),
+    };
+    writeln!(out, "{text}")?;
+    Ok(())
+}
+
+async fn watch(
+    client: &Client,
+    id: &str,
+    every: Duration,
+    json: bool,
+    out: &mut impl std::io::Write,
+) -> anyhow::Result<()> {
+    let bar = render::progress_bar(json);
+    loop {
+        let campaign = client.get(&format!("/v1/campaigns/{id}")).await?;
+        let state = campaign["state"].as_str().unwrap_or_default().to_owned();
+        render::update_progress(&bar, &campaign);
+        if json {
+            writeln!(out, "{}", serde_json::to_string(&campaign)?)?;
+        }
+        if state == "completed" || state == "cancelled" {
+            bar.finish();
+            if !json {
+                writeln!(out, "{}", render::campaign(&campaign))?;
+            }
+            return Ok(());
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// The exit code for an error: 2 for a mistake in the command line or a refused request,
+/// 1 for everything else.
+pub fn exit_code(error: &anyhow::Error) -> u8 {
+    if error.downcast_ref::<UsageError>().is_some() {
+        return 2;
+    }
+    match error.downcast_ref::<ClientError>() {
+        Some(ClientError::Refused { status, .. }) if status.is_client_error() => 2,
+        _ => 1,
+    }
+}

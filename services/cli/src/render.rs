@@ -1,0 +1,155 @@
+//! Tables and the progress line.
+
+use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::Value;
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".to_owned(),
+        other => other.to_string(),
+    }
+}
+
+fn table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(UTF8_BORDERS_ONLY).set_header(header.to_vec());
+    t
+}
+
+fn suppressed_total(counters: &Value) -> i64 {
+    counters["suppressed"]
+        .as_object()
+        .map(|m| m.values().filter_map(Value::as_i64).sum())
+        .unwrap_or(0)
+}
+
+pub fn campaign_list(list: &Value) -> String {
+    let mut t = table(&[
+        "id",
+        "name",
+        "channel",
+        "segment",
+        "state",
+        "planned",
+        "sent to renderer",
+        "suppressed",
+        "start",
+    ]);
+    for c in list.as_array().into_iter().flatten() {
+        t.add_row(vec![
+            text(&c["id"]),
+            text(&c["name"]),
+            text(&c["channel"]),
+            text(&c["segment"]),
+            text(&c["state"]),
+            text(&c["counters"]["planned"]),
+            text(&c["counters"]["dispatched"]),
+            suppressed_total(&c["counters"]).to_string(),
+            text(&c["startAt"]),
+        ]);
+    }
+    t.to_string()
+}
+
+pub fn campaign(c: &Value) -> String {
+    let mut t = table(&["", ""]);
+    for (label, key) in [
+        ("id", "id"),
+        ("name", "name"),
+        ("state", "state"),
+        ("channel", "channel"),
+        ("segment", "segment"),
+        ("template", "template"),
+        ("start", "startAt"),
+        ("time zone", "timeZone"),
+        ("requested by", "requestedBy"),
+    ] {
+        t.add_row(vec![label.to_owned(), text(&c[key])]);
+    }
+    let counters = &c["counters"];
+    for (label, key) in [
+        ("planned", "planned"),
+        ("sent to renderer", "dispatched"),
+        ("expired", "expired"),
+        ("dropped", "dropped"),
+    ] {
+        t.add_row(vec![label.to_owned(), text(&counters[key])]);
+    }
+    if let Some(reasons) = counters["suppressed"].as_object() {
+        for (reason, n) in reasons {
+            t.add_row(vec![format!("suppressed: {reason}"), text(n)]);
+        }
+    }
+    t.to_string()
+}
+
+pub fn dry_run(d: &Value) -> String {
+    let mut t = table(&["", ""]);
+    t.add_row(vec!["audience".to_owned(), text(&d["audience"])]);
+    t.add_row(vec!["would receive".to_owned(), text(&d["eligible"])]);
+    t.add_row(vec![
+        "of whom wait for quiet hours".to_owned(),
+        text(&d["waitingForQuietHours"]),
+    ]);
+    if let Some(reasons) = d["suppressed"].as_object() {
+        for (reason, n) in reasons {
+            t.add_row(vec![format!("suppressed: {reason}"), text(n)]);
+        }
+    }
+    t.to_string()
+}
+
+pub fn segment_list(list: &Value) -> String {
+    let mut t = table(&["segment", "members"]);
+    for s in list.as_array().into_iter().flatten() {
+        t.add_row(vec![text(&s["id"]), text(&s["size"])]);
+    }
+    t.to_string()
+}
+
+pub fn segment(s: &Value) -> String {
+    let mut t = table(&["contact", "e-mail", "phone", "locale", "time zone"]);
+    for m in s["sample"].as_array().into_iter().flatten() {
+        t.add_row(vec![
+            text(&m["contactId"]),
+            text(&m["email"]),
+            text(&m["phone"]),
+            text(&m["locale"]),
+            text(&m["timeZone"]),
+        ]);
+    }
+    format!("{}: {} members\n{t}", text(&s["id"]), text(&s["size"]))
+}
+
+/// A progress bar on the terminal (hidden with `--json`, whose lines are the output).
+pub fn progress_bar(json: bool) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(
+        Some(0),
+        if json {
+            ProgressDrawTarget::hidden()
+        } else {
+            ProgressDrawTarget::stderr()
+        },
+    );
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg:>12} [{bar:40}] {pos}/{len} sent to renderer")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar
+}
+
+pub fn update_progress(bar: &ProgressBar, c: &Value) {
+    let counters = &c["counters"];
+    let planned = counters["planned"].as_u64().unwrap_or(0);
+    let done = ["dispatched", "expired", "dropped"]
+        .iter()
+        .filter_map(|k| counters[*k].as_u64())
+        .sum::<u64>();
+    bar.set_length(planned.max(1));
+    bar.set_position(done.min(planned));
+    bar.set_message(text(&c["state"]));
+    bar.tick();
+}

@@ -1,0 +1,194 @@
+//! `tocsin` against a real API and planner on the local stack: schedule, watch to the end,
+//! read, and the errors a person sees.
+
+use std::process::Command;
+use std::time::Duration;
+
+use tocsin_bus::TraceContext;
+use tocsin_contracts::v1;
+use tocsin_integration_tests::stack;
+use tocsin_runtime::ConfigLoader;
+use tocsin_runtime::shutdown::CancellationToken;
+
+fn tocsin(api: &str, token: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tocsin"))
+        .env("TOCSIN_API_URL", api)
+        .env("TOCSIN_API_TOKEN", token)
+        .args(args)
+        .output()
+        .expect("run tocsin");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedule_watch_and_read_a_blast_from_the_command_line() {
+    let port = stack::free_port();
+    let mut env = stack::service_env("cli", 2, 10);
+    env.push(("TOCSIN__HTTP__LISTEN".into(), format!("127.0.0.1:{port}")));
+    env.push(("TOCSIN__PLANNER__GROUP_ID".into(), stack::unique("planner")));
+    env.push(("TOCSIN__PLANNER__TICK_MS".into(), "50".into()));
+    let api_config: tocsin_api::Config =
+        ConfigLoader::defaults_only(Some(tocsin_api::config::DEFAULTS))
+            .env(env.clone())
+            .load()
+            .expect("api config");
+    let mut planner_env = env.clone();
+    planner_env.retain(|(k, _)| k != "TOCSIN__HTTP__LISTEN");
+    let planner_config: tocsin_planner::Config =
+        ConfigLoader::defaults_only(Some(tocsin_planner::config::DEFAULTS))
+            .env(planner_env)
+            .load()
+            .expect("planner config");
+    stack::flush_redis(&api_config.redis.url).await;
+    tocsin_bus::admin::ensure_topics(&api_config.kafka, &api_config.kafka.topics.all())
+        .await
+        .expect("topics");
+
+    let stop = CancellationToken::new();
+    let (a, b) = (stop.clone(), stop.clone());
+    let api_task = tokio::spawn(tocsin_api::run(api_config.clone(), async move {
+        a.cancelled().await
+    }));
+    let planner_task = tokio::spawn(tocsin_planner::run(planner_config, async move {
+        b.cancelled().await
+    }));
+
+    // The CRM publishes 300 volunteers, 100 of them without e-mail consent.
+    let producer = stack::producer(&api_config.kafka);
+    let trace = TraceContext::new_root();
+    for i in 0..300 {
+        let consent = if i % 3 == 0 {
+            v1::Channel::Sms
+        } else {
+            v1::Channel::Email
+        };
+        let contact = v1::Contact {
+            id: format!("c-{i:04}"),
+            email: format!("benevole{i}@exemple.fr"),
+            time_zone: "Europe/Paris".into(),
+            consents: vec![v1::Consent {
+                channel: consent.into(),
+                status: v1::ConsentStatus::Granted.into(),
+                source: "form".into(),
+                recorded_at: None,
+            }],
+            ..Default::default()
+        };
+        let event = v1::SegmentEvent {
+            meta: Some(v1::EventMeta {
+                event_id: format!("e-{i}"),
+                occurred_at: None,
+                source: "crm".into(),
+            }),
+            contact_id: contact.id.clone(),
+            change: Some(v1::segment_event::Change::Entered(v1::SegmentEntered {
+                segment_id: "benevoles".into(),
+                contact: Some(contact),
+            })),
+        };
+        producer
+            .publish(
+                &api_config.kafka.topics.segments.name,
+                &event.contact_id,
+                &format!("e-{i}"),
+                &event,
+                &trace,
+            )
+            .await
+            .expect("publish");
+    }
+
+    let api = format!("http://127.0.0.1:{port}");
+    let operator = "local-operator-token";
+    let mut segments = String::new();
+    for _ in 0..100 {
+        let (code, out, _) = tocsin(&api, operator, &["segments", "list"]);
+        if code == 0 && out.contains("300") {
+            segments = out;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(segments.contains("benevoles"), "{segments}");
+
+    let schedule = [
+        "campaigns",
+        "create",
+        "--id",
+        "cmp-cli",
+        "--name",
+        "Rentrée",
+        "--segment",
+        "benevoles",
+        "--channel",
+        "email",
+        "--template",
+        "rentree",
+        "--sender-profile",
+        "parti-exemple",
+        "--quiet-hours",
+        "none",
+    ];
+    let (code, out, err) = tocsin(&api, operator, &schedule);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("cmp-cli") && out.contains("scheduled"),
+        "{out}"
+    );
+
+    let (code, out, err) = tocsin(
+        &api,
+        operator,
+        &["campaigns", "watch", "cmp-cli", "--every", "0.2"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("completed"), "{out}");
+    assert!(out.contains("suppressed: no_consent"), "{out}");
+
+    let (code, out, _) = tocsin(&api, operator, &["--json", "campaigns", "show", "cmp-cli"]);
+    assert_eq!(code, 0);
+    let shown: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(shown["state"], "completed");
+    assert_eq!(shown["counters"]["planned"], 200);
+    assert_eq!(shown["counters"]["dispatched"], 200);
+    assert_eq!(shown["counters"]["suppressed"]["no_consent"], 100);
+
+    let (code, out, _) = tocsin(&api, "local-reader-token", &["campaigns", "list"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("cmp-cli") && out.contains("completed"),
+        "{out}"
+    );
+
+    // Errors: the API's message and field, exit code 2; a reader cannot schedule.
+    let mut bad = schedule.to_vec();
+    bad[7] = "inconnu";
+    bad[3] = "cmp-other";
+    let (code, _, err) = tocsin(&api, operator, &bad);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("unknown segment \"inconnu\" (field: segment)"),
+        "{err}"
+    );
+    let (code, _, err) = tocsin(
+        &api,
+        "local-reader-token",
+        &["campaigns", "cancel", "cmp-cli"],
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("may not pause, resume or cancel"), "{err}");
+    let (code, _, err) = tocsin(&api, operator, &["campaigns", "pause", "cmp-cli"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("cannot pause a completed campaign"), "{err}");
+    let (code, _, err) = tocsin("http://127.0.0.1:1", operator, &["campaigns", "list"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot reach the API"), "{err}");
+
+    stop.cancel();
+    api_task.await.expect("join").expect("api");
+    planner_task.await.expect("join").expect("planner");
+}
