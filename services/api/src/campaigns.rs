@@ -143,7 +143,7 @@ pub struct DryRun {
     pub suppressed: BTreeMap<String, usize>,
 }
 
-fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     let mut de = serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
@@ -152,7 +152,7 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiErro
     })
 }
 
-fn identifier(field: &str, value: &str) -> Result<(), ApiError> {
+pub(crate) fn identifier(field: &str, value: &str) -> Result<(), ApiError> {
     let ok = !value.is_empty()
         && value.len() <= 128
         && value
@@ -335,6 +335,37 @@ async fn segment_exists(state: &AppState, segment: &str) -> Result<(), ApiError>
     }
 }
 
+/// The template must exist, at the requested version (0: the latest, which the campaign
+/// then keeps even if the template is edited), for the campaign's channel.
+async fn pin_template(state: &AppState, blast: &v1::ScheduleBlast) -> Result<u32, ApiError> {
+    let mut conn = state.redis.clone();
+    let wanted = (blast.template_version > 0).then_some(blast.template_version);
+    let template = tocsin_templates::store::get(&mut conn, &blast.template_id, wanted)
+        .await?
+        .ok_or_else(|| match wanted {
+            Some(v) => ApiError::invalid(
+                "templateVersion",
+                format!("template {:?} has no version {v}", blast.template_id),
+            ),
+            None => ApiError::invalid(
+                "template",
+                format!("unknown template {:?}", blast.template_id),
+            ),
+        })?;
+    let channel_matches = matches!(
+        (template.draft.channel, engine::channel_of(blast)),
+        (tocsin_templates::Channel::Email, v1::Channel::Email)
+            | (tocsin_templates::Channel::Sms, v1::Channel::Sms)
+    );
+    if !channel_matches {
+        return Err(ApiError::invalid(
+            "template",
+            format!("template {:?} is not for this channel", blast.template_id),
+        ));
+    }
+    Ok(template.version)
+}
+
 fn format_ms(ms: i64) -> Option<String> {
     DateTime::<Utc>::from_timestamp_millis(ms).map(|t| t.to_rfc3339())
 }
@@ -429,8 +460,9 @@ pub async fn create(
     let request: CampaignRequest = parse_body(&body)?;
     let now = Utc::now();
     let planner = &state.config.planner;
-    let blast = request.validate(&planner.default_time_zone, planner.default_expiry_s, now)?;
+    let mut blast = request.validate(&planner.default_time_zone, planner.default_expiry_s, now)?;
     segment_exists(&state, &blast.segment_id).await?;
+    blast.template_version = pin_template(&state, &blast).await?;
     let id = request
         .id
         .clone()
@@ -595,6 +627,7 @@ pub async fn dry_run(
     let planner = &state.config.planner;
     let blast = request.validate(&planner.default_time_zone, planner.default_expiry_s, now)?;
     segment_exists(&state, &blast.segment_id).await?;
+    pin_template(&state, &blast).await?;
     let mut conn = state.redis.clone();
     let mut result = DryRun {
         audience: 0,

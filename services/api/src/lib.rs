@@ -6,6 +6,7 @@
 //! - [`campaigns`]: schedule (validated field by field), list, read with counters, pause,
 //!   resume, cancel (applied in Redis before the answer), dry run.
 //! - [`segments`]: sizes and masked samples.
+//! - [`templates`]: upload (validated, a new version each time), list, read.
 //! - [`error`]: every error is a status and `{"error", "field"}`.
 //! - [`openapi`]: the OpenAPI document, served at `/openapi.json` and kept in the repo.
 
@@ -15,6 +16,7 @@ pub mod config;
 pub mod error;
 pub mod openapi;
 pub mod segments;
+pub mod templates;
 
 use std::sync::Arc;
 
@@ -55,6 +57,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/campaigns/{id}/pause", post(campaigns::pause))
         .route("/v1/campaigns/{id}/resume", post(campaigns::resume))
         .route("/v1/campaigns/{id}/cancel", post(campaigns::cancel))
+        .route("/v1/templates", get(templates::list))
+        .route(
+            "/v1/templates/{id}",
+            get(templates::get).put(templates::put),
+        )
         .route("/v1/segments", get(segments::list))
         .route("/v1/segments/{id}", get(segments::get))
         .route("/openapi.json", get(openapi::serve))

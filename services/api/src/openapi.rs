@@ -6,7 +6,7 @@ use axum::Json;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{campaigns, error, segments};
+use crate::{campaigns, error, segments, templates};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -15,12 +15,14 @@ use crate::{campaigns, error, segments};
         campaigns::create, campaigns::list, campaigns::get, campaigns::pause,
         campaigns::resume, campaigns::cancel, campaigns::dry_run,
         segments::list, segments::get,
+        templates::put, templates::list, templates::get,
     ),
     components(schemas(
         campaigns::CampaignRequest, campaigns::CampaignView, campaigns::Counters,
         campaigns::DryRun, campaigns::Channel, campaigns::Tracking,
         campaigns::QuietHoursRequest, campaigns::WindowRequest,
         segments::SegmentSummary, segments::SegmentDetail, segments::MemberSample,
+        templates::TemplateUpload, templates::TemplateView, templates::TemplateSummary,
         error::ErrorBody,
     )),
     modifiers(&Bearer),

@@ -88,6 +88,24 @@ impl Api {
             .await
     }
 
+    async fn template(&self, id: &str, channel: &str) -> Value {
+        let variants = if channel == "sms" {
+            json!({"fr": {"body": "{{default first_name \"Bonjour\"}}, rdv samedi. STOP au 36111"}})
+        } else {
+            json!({"fr": {"subject": "Bonjour {{first_name}}", "html": "<p>Bonjour {{first_name}}</p>"}})
+        };
+        let (status, body) = self
+            .call(
+                reqwest::Method::PUT,
+                &format!("/v1/templates/{id}"),
+                Some(OPERATOR),
+                Some(json!({"channel": channel, "variants": variants, "defaultLocale": "fr"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body
+    }
+
     /// Puts contacts in a segment through the planner's own store (as ingestion does).
     async fn seed(&self, segment: &str, contacts: &[v1::Contact]) {
         let client = redis::Client::open(self.config.redis.url.as_str()).expect("url");
@@ -172,6 +190,8 @@ async fn bad_requests_name_the_field_and_the_problem() {
         &[person(1, "a@exemple.fr", &[v1::Channel::Email])],
     )
     .await;
+    api.template("rappel-meeting", "email").await;
+    api.template("sms-only", "sms").await;
     let cases: Vec<(Value, &str, &str)> = vec![
         (json!({"startAt": "demain"}), "startAt", "RFC 3339"),
         (
@@ -221,6 +241,21 @@ async fn bad_requests_name_the_field_and_the_problem() {
             "before endMinute",
         ),
         (json!({"bogus": 1}), "bogus", "unknown field `bogus`"),
+        (
+            json!({"template": "inconnu"}),
+            "template",
+            "unknown template \"inconnu\"",
+        ),
+        (
+            json!({"template": "sms-only"}),
+            "template",
+            "is not for this channel",
+        ),
+        (
+            json!({"templateVersion": 7}),
+            "templateVersion",
+            "has no version 7",
+        ),
     ];
     for (patch, field, message) in cases {
         let mut body = blast("militants");
@@ -259,6 +294,9 @@ async fn campaigns_are_scheduled_read_paused_resumed_and_cancelled() {
         &[person(1, "a@exemple.fr", &[v1::Channel::Email])],
     )
     .await;
+    api.template("rappel-meeting", "email").await;
+    // A second version: the campaign pins the latest at scheduling.
+    assert_eq!(api.template("rappel-meeting", "email").await["version"], 2);
     let mut request = blast("militants");
     request["id"] = json!("cmp-lyon");
     let (status, created) = api.post("/v1/campaigns", OPERATOR, request.clone()).await;
@@ -266,6 +304,7 @@ async fn campaigns_are_scheduled_read_paused_resumed_and_cancelled() {
     assert_eq!(created["id"], "cmp-lyon");
     assert_eq!(created["state"], "scheduled");
     assert_eq!(created["requestedBy"], "local-operator");
+    assert_eq!(created["templateVersion"], 2);
     let (status, again) = api.post("/v1/campaigns", OPERATOR, request).await;
     assert_eq!(status, StatusCode::CONFLICT, "{again}");
 
@@ -337,6 +376,7 @@ async fn dry_run_and_segments_report_without_sending() {
         person(5, "e@exemple.fr", &[v1::Channel::Sms]),
     ];
     api.seed("militants", &contacts).await;
+    api.template("rappel-meeting", "email").await;
     let (status, dry) = api
         .post("/v1/campaigns/dry-run", READER, blast("militants"))
         .await;
@@ -370,5 +410,81 @@ async fn dry_run_and_segments_report_without_sending() {
     let (status, bad) = api.get("/v1/segments/militants?sample=500", READER).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(bad["field"], "sample");
+    api.stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn templates_are_validated_at_upload_and_versioned() {
+    let api = Api::start("api-templates", 11).await;
+    let put = async |id: &str, body: Value| {
+        api.call(
+            reqwest::Method::PUT,
+            &format!("/v1/templates/{id}"),
+            Some(OPERATOR),
+            Some(body),
+        )
+        .await
+    };
+    let (status, bad) = put(
+        "broken",
+        json!({"channel": "sms", "defaultLocale": "fr",
+               "variants": {"fr": {"body": "Bonjour\n{{#if first_name}}\n{{first_name}"}}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+    assert_eq!(bad["field"], "variants.fr.body");
+    let message = bad["error"].as_str().unwrap_or_default();
+    assert!(message.contains("line 3, column"), "{message}");
+    assert!(message.contains("near `{{first_name}`"), "{message}");
+
+    let (status, bad) = put(
+        "helpers",
+        json!({"channel": "sms", "defaultLocale": "fr", "variants": {"fr": {"body": "{{shout first_name}}"}}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        bad["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("unknown helper `shout`"),
+        "{bad}"
+    );
+
+    let (status, ok) = put(
+        "bienvenue",
+        json!({"channel": "email", "defaultLocale": "fr",
+               "variants": {"fr": {"subject": "Bienvenue {{prenom}}", "html": "<p>Salut</p>"}}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{ok}");
+    assert_eq!(ok["version"], 1);
+    assert!(
+        ok["warnings"][0]
+            .as_str()
+            .unwrap_or_default()
+            .contains("`prenom` is not in the contact schema")
+    );
+    let (status, strict) = put(
+        "bienvenue",
+        json!({"channel": "email", "defaultLocale": "fr", "strict": true,
+               "variants": {"fr": {"subject": "Bienvenue {{prenom}}", "html": "<p>Salut</p>"}}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{strict}");
+
+    let (_, list) = api.get("/v1/templates", READER).await;
+    assert_eq!(
+        list,
+        json!([{"id": "bienvenue", "latestVersion": 1, "channel": "email"}])
+    );
+    let (status, v1) = api.get("/v1/templates/bienvenue?version=1", READER).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        v1["template"]["variants"]["fr"]["subject"],
+        "Bienvenue {{prenom}}"
+    );
+    let (status, _) = api.get("/v1/templates/bienvenue?version=9", READER).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
     api.stop.cancel();
 }

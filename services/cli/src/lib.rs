@@ -45,6 +45,29 @@ pub enum Command {
     /// Segments published by the CRM.
     #[command(subcommand)]
     Segments(Segments),
+    /// Message templates: upload a new version, list, show.
+    #[command(subcommand)]
+    Templates(Templates),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Templates {
+    /// Upload a template from a JSON file (`{"channel", "defaultLocale", "variants"}`):
+    /// refused with the line and column of any error, stored as a new version otherwise.
+    Upload {
+        id: String,
+        #[arg(long)]
+        file: std::path::PathBuf,
+        /// Refuse variables outside the contact schema.
+        #[arg(long)]
+        strict: bool,
+    },
+    List,
+    Show {
+        id: String,
+        #[arg(long)]
+        version: Option<u32>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -236,6 +259,25 @@ pub async fn run(cli: Cli, out: &mut impl std::io::Write) -> anyhow::Result<()> 
             )
             .await;
         }
+        Command::Templates(Templates::Upload { id, file, strict }) => {
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| UsageError(format!("--file {}: {e}", file.display())))?;
+            let mut body: Value = serde_json::from_str(&text)
+                .map_err(|e| UsageError(format!("--file {}: not JSON: {e}", file.display())))?;
+            body["strict"] = Value::from(*strict);
+            client
+                .call(
+                    reqwest::Method::PUT,
+                    &format!("/v1/templates/{id}"),
+                    Some(&body),
+                )
+                .await?
+        }
+        Command::Templates(Templates::List) => client.get("/v1/templates").await?,
+        Command::Templates(Templates::Show { id, version }) => {
+            let query = version.map(|v| format!("?version={v}")).unwrap_or_default();
+            client.get(&format!("/v1/templates/{id}{query}")).await?
+        }
         Command::Segments(Segments::List) => client.get("/v1/segments").await?,
         Command::Segments(Segments::Show { id, sample }) => {
             client
@@ -253,6 +295,8 @@ pub async fn run(cli: Cli, out: &mut impl std::io::Write) -> anyhow::Result<()> 
         Command::Campaigns(_) => render::campaign(&value),
         Command::Segments(Segments::List) => render::segment_list(&value),
         Command::Segments(Segments::Show { .. }) => render::segment(&value),
+        Command::Templates(Templates::List) => render::template_list(&value),
+        Command::Templates(_) => render::template(&value),
     };
     writeln!(out, "{text}")?;
     Ok(())

@@ -153,3 +153,24 @@ pub fn update_progress(bar: &ProgressBar, c: &Value) {
     bar.set_message(text(&c["state"]));
     bar.tick();
 }
+
+pub fn template_list(list: &Value) -> String {
+    let mut t = table(&["template", "channel", "latest version"]);
+    for x in list.as_array().into_iter().flatten() {
+        t.add_row(vec![
+            text(&x["id"]),
+            text(&x["channel"]),
+            text(&x["latestVersion"]),
+        ]);
+    }
+    t.to_string()
+}
+
+pub fn template(x: &Value) -> String {
+    let mut out = format!("{} version {}\n", text(&x["id"]), text(&x["version"]));
+    for w in x["warnings"].as_array().into_iter().flatten() {
+        out.push_str(&format!("warning: {}\n", text(w)));
+    }
+    out.push_str(&serde_json::to_string_pretty(&x["template"]["variants"]).unwrap_or_default());
+    out
+}

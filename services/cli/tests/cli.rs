@@ -115,6 +115,40 @@ async fn schedule_watch_and_read_a_blast_from_the_command_line() {
     }
     assert!(segments.contains("benevoles"), "{segments}");
 
+    // A template with a syntax error is refused with its line; the fixed one is stored.
+    let dir = std::env::temp_dir().join(stack::unique("tpl"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let broken = dir.join("broken.json");
+    std::fs::write(&broken, r#"{"channel":"email","defaultLocale":"fr","variants":{"fr":{"subject":"Rentrée","html":"<p>\n{{first_name</p>"}}}"#).expect("write");
+    let (code, _, err) = tocsin(
+        &api,
+        operator,
+        &[
+            "templates",
+            "upload",
+            "rentree",
+            "--file",
+            broken.to_str().expect("path"),
+        ],
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("variants.fr.html line 2"), "{err}");
+    let good = dir.join("good.json");
+    std::fs::write(&good, r#"{"channel":"email","defaultLocale":"fr","variants":{"fr":{"subject":"Rentrée","html":"<p>Bonjour {{first_name}}</p>"}}}"#).expect("write");
+    let (code, out, err) = tocsin(
+        &api,
+        operator,
+        &[
+            "templates",
+            "upload",
+            "rentree",
+            "--file",
+            good.to_str().expect("path"),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("rentree version 1"), "{out}");
+
     let schedule = [
         "campaigns",
         "create",
