@@ -23,11 +23,11 @@ use std::sync::Arc;
 use anyhow::Context;
 use axum::Router;
 use axum::routing::{get, post};
-use tocsin_bus::admin::{self, BrokerReachable};
+use tocsin_bus::admin;
 use tocsin_bus::{BusMetrics, Producer};
 use tocsin_planner::store::AddressHasher;
 use tocsin_runtime::http;
-use tocsin_runtime::readiness::{ReadinessCheck, RedisPing, redis_client};
+use tocsin_runtime::readiness::redis_client;
 
 pub use config::Config;
 
@@ -83,21 +83,17 @@ pub async fn run(
     let redis = redis::aio::ConnectionManager::new(redis_client(&config.redis)?)
         .await
         .context("connecting to Redis")?;
-    let checks: Vec<Box<dyn ReadinessCheck>> = vec![
-        Box::new(BrokerReachable::new(&config.kafka)?),
-        Box::new(RedisPing::new(&config.redis)?),
-    ];
-    let listener = tokio::net::TcpListener::bind(&config.http.listen)
-        .await
-        .with_context(|| format!("binding {}", config.http.listen))?;
-    tracing::info!(address = %listener.local_addr()?, "api listening");
+    let checks = admin::readiness_checks(&config.kafka, &config.redis)?;
     let state = Arc::new(AppState {
         hasher: AddressHasher::new(config.planner.suppression_key.clone()),
         config,
         redis,
         producer,
     });
+    let listen = state.config.http.listen.clone();
     let app = router(state).merge(http::ops_router(registry, checks));
-    http::serve(listener, app, shutdown).await?;
+    let (address, server) = http::spawn(&listen, app, shutdown).await?;
+    tracing::info!(%address, "api listening");
+    server.await??;
     Ok(())
 }

@@ -8,7 +8,8 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::types::RDKafkaErrorCode;
-use tocsin_runtime::readiness::ReadinessCheck;
+use tocsin_runtime::RedisConfig;
+use tocsin_runtime::readiness::{ReadinessCheck, RedisPing};
 
 use crate::BusError;
 use crate::config::{KafkaConfig, TopicSpec};
@@ -119,4 +120,15 @@ impl ReadinessCheck for BrokerReachable {
             .map_err(|e| e.to_string())?
         })
     }
+}
+
+/// What `/readyz` checks for a service that uses the broker and Redis.
+pub fn readiness_checks(
+    kafka: &KafkaConfig,
+    redis: &RedisConfig,
+) -> Result<Vec<Box<dyn ReadinessCheck>>, BusError> {
+    Ok(vec![
+        Box::new(BrokerReachable::new(kafka)?),
+        Box::new(RedisPing::new(redis).map_err(|e| BusError::Readiness(e.to_string()))?),
+    ])
 }

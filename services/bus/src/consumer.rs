@@ -287,6 +287,21 @@ pub async fn run_consumer<H: Handler>(
     Ok(())
 }
 
+/// [`run_consumer`] in a task of its own.
+pub fn spawn_consumer<H: Handler>(
+    config: &KafkaConfig,
+    spec: ConsumerSpec,
+    handler: Arc<H>,
+    producer: Producer,
+    metrics: BusMetrics,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<Result<(), BusError>> {
+    let config = config.clone();
+    tokio::spawn(
+        async move { run_consumer(&config, &spec, handler, producer, metrics, shutdown).await },
+    )
+}
+
 struct TaskShared<H> {
     handler: Arc<H>,
     producer: Producer,

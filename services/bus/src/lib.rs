@@ -27,7 +27,7 @@ pub mod offsets;
 pub mod producer;
 
 pub use config::{KafkaConfig, TopicSpec, Topics};
-pub use consumer::{HandleError, Handler, Inbound, run_consumer};
+pub use consumer::{HandleError, Handler, Inbound, run_consumer, spawn_consumer};
 pub use headers::TraceContext;
 pub use metrics::BusMetrics;
 pub use producer::{Outbound, Producer};
@@ -43,4 +43,6 @@ pub enum BusError {
     DeliveryCancelled { topic: String },
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("readiness check: {0}")]
+    Readiness(String),
 }

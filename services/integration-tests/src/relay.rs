@@ -4,12 +4,11 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use serde::Deserialize;
-use tocsin_bus::admin::{self, BrokerReachable};
+use tocsin_bus::admin;
 use tocsin_bus::consumer::ConsumerSpec;
 use tocsin_bus::{BusMetrics, HandleError, Handler, Inbound, KafkaConfig, Producer};
 use tocsin_contracts::v1;
 use tocsin_runtime::http;
-use tocsin_runtime::readiness::{ReadinessCheck, RedisPing};
 use tocsin_runtime::shutdown::CancellationToken;
 use tocsin_runtime::{HttpConfig, LogConfig, RedisConfig};
 
@@ -94,19 +93,14 @@ pub async fn run(
     .context("creating topics")?;
     let producer = Producer::new(&config.kafka, &config.relay.instance, metrics.clone())?;
 
-    let checks: Vec<Box<dyn ReadinessCheck>> = vec![
-        Box::new(BrokerReachable::new(&config.kafka)?),
-        Box::new(RedisPing::new(&config.redis)?),
-    ];
-    let listener = tokio::net::TcpListener::bind(&config.http.listen)
-        .await
-        .with_context(|| format!("binding {}", config.http.listen))?;
-    tracing::info!(address = %listener.local_addr()?, "ops server listening");
-    let server = tokio::spawn(http::serve(
-        listener,
+    let checks = admin::readiness_checks(&config.kafka, &config.redis)?;
+    let (address, server) = http::spawn(
+        &config.http.listen,
         http::ops_router(registry, checks),
         shutdown.clone(),
-    ));
+    )
+    .await?;
+    tracing::info!(%address, "ops server listening");
 
     let spec = ConsumerSpec {
         group_id: config.relay.group_id.clone(),

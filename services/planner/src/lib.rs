@@ -30,11 +30,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tocsin_bus::admin::{self, BrokerReachable};
+use tocsin_bus::admin;
 use tocsin_bus::consumer::ConsumerSpec;
 use tocsin_bus::{BusMetrics, Producer};
 use tocsin_runtime::http;
-use tocsin_runtime::readiness::{ReadinessCheck, RedisPing, redis_client};
+use tocsin_runtime::readiness::redis_client;
 
 pub use config::Config;
 
@@ -71,19 +71,14 @@ pub async fn run(
         .await
         .context("connecting to Redis")?;
 
-    let checks: Vec<Box<dyn ReadinessCheck>> = vec![
-        Box::new(BrokerReachable::new(&config.kafka)?),
-        Box::new(RedisPing::new(&config.redis)?),
-    ];
-    let listener = tokio::net::TcpListener::bind(&config.http.listen)
-        .await
-        .with_context(|| format!("binding {}", config.http.listen))?;
-    tracing::info!(address = %listener.local_addr()?, instance, "planner listening");
-    let server = tokio::spawn(http::serve(
-        listener,
+    let checks = admin::readiness_checks(&config.kafka, &config.redis)?;
+    let (address, server) = http::spawn(
+        &config.http.listen,
         http::ops_router(registry, checks),
         shutdown.clone(),
-    ));
+    )
+    .await?;
+    tracing::info!(%address, instance, "planner listening");
 
     let hasher = store::AddressHasher::new(config.planner.suppression_key.clone());
     let planner = Arc::new(engine::Planner {
@@ -96,48 +91,34 @@ pub async fn run(
         instance: instance.clone(),
     });
 
-    let segments = tokio::spawn({
-        let (kafka, producer, bus_metrics, shutdown) = (
-            config.kafka.clone(),
-            producer.clone(),
-            bus_metrics.clone(),
-            shutdown.clone(),
-        );
-        let spec = ConsumerSpec {
-            group_id: format!("{}-segments", config.planner.group_id),
-            client_id: instance.clone(),
-            topics: vec![topics.segments.name.clone()],
-            dlq_topic: topics.dlq.name.clone(),
-        };
-        let handler = Arc::new(ingest::SegmentsHandler {
+    let consumer = |topic: &tocsin_bus::TopicSpec, group: &str| ConsumerSpec {
+        group_id: format!("{}-{group}", config.planner.group_id),
+        client_id: instance.clone(),
+        topics: vec![topic.name.clone()],
+        dlq_topic: topics.dlq.name.clone(),
+    };
+    let segments = tocsin_bus::spawn_consumer(
+        &config.kafka,
+        consumer(&topics.segments, "segments"),
+        Arc::new(ingest::SegmentsHandler {
             redis: redis.clone(),
             hasher,
             metrics,
-        });
-        async move {
-            tocsin_bus::run_consumer(&kafka, &spec, handler, producer, bus_metrics, shutdown).await
-        }
-    });
-    let commands = tokio::spawn({
-        let (kafka, producer, bus_metrics, shutdown) = (
-            config.kafka.clone(),
-            producer.clone(),
-            bus_metrics.clone(),
-            shutdown.clone(),
-        );
-        let spec = ConsumerSpec {
-            group_id: format!("{}-campaigns", config.planner.group_id),
-            client_id: instance.clone(),
-            topics: vec![topics.campaigns.name.clone()],
-            dlq_topic: topics.dlq.name.clone(),
-        };
-        let handler = Arc::new(commands::CommandsHandler {
+        }),
+        producer.clone(),
+        bus_metrics.clone(),
+        shutdown.clone(),
+    );
+    let commands = tocsin_bus::spawn_consumer(
+        &config.kafka,
+        consumer(&topics.campaigns, "campaigns"),
+        Arc::new(commands::CommandsHandler {
             planner: planner.clone(),
-        });
-        async move {
-            tocsin_bus::run_consumer(&kafka, &spec, handler, producer, bus_metrics, shutdown).await
-        }
-    });
+        }),
+        producer.clone(),
+        bus_metrics.clone(),
+        shutdown.clone(),
+    );
 
     let tick = Duration::from_millis(config.planner.tick_ms);
     let ticker = tokio::spawn({

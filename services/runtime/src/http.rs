@@ -81,3 +81,20 @@ pub async fn serve(
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
 }
+
+/// Binds `listen`, then serves `router` in a task until `shutdown`. Returns the bound
+/// address (port 0 picks a free one) and the task.
+pub async fn spawn(
+    listen: &str,
+    router: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<(
+    std::net::SocketAddr,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+)> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("binding {listen}: {e}")))?;
+    let address = listener.local_addr()?;
+    Ok((address, tokio::spawn(serve(listener, router, shutdown))))
+}
