@@ -26,6 +26,10 @@ pub const SCHEMA: &[&str] = &[
     "this",
 ];
 
+/// Fields that `{{{raw}}}` may print unescaped: the campaign's and the sender's own,
+/// never the contact's.
+pub const TRUSTED_RAW: &[&str] = &["campaign", "sender"];
+
 /// One thing wrong, located.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -133,6 +137,16 @@ fn walk(template: &Template, part: &str, strict: bool, top_context: bool, report
             TemplateElement::Expression(h)
             | TemplateElement::HtmlExpression(h)
             | TemplateElement::HelperBlock(h) => {
+                if let TemplateElement::HtmlExpression(_) = element
+                    && let Some(name) = path_name(path_of(&h.name))
+                    && !TRUSTED_RAW
+                        .iter()
+                        .any(|t| name.split('.').next() == Some(*t))
+                {
+                    report.errors.push(locate(format!(
+                        "`{{{{{{{name}}}}}}}` would print unescaped contact data: use `{{{{{name}}}}}`"
+                    )));
+                }
                 let is_helper = matches!(element, TemplateElement::HelperBlock(_))
                     || !h.params.is_empty()
                     || !h.hash.is_empty();
@@ -299,6 +313,18 @@ mod tests {
             true,
         );
         assert!(each.errors.is_empty(), "{each:?}");
+    }
+
+    #[test]
+    fn raw_output_of_contact_data_is_refused() {
+        let r = validate(&sms("{{{first_name}}} {{{sender.footer_html}}}"), false);
+        assert_eq!(r.errors.len(), 1, "{r:?}");
+        assert!(
+            r.errors[0]
+                .message
+                .contains("`{{{first_name}}}` would print unescaped contact data"),
+            "{r:?}"
+        );
     }
 
     #[test]
