@@ -124,7 +124,11 @@ pub fn email(
         Some(at) => format!("{}{footer_html}{}", &parts.html[..at], &parts.html[at..]),
         None => format!("{}{footer_html}", parts.html),
     };
-    let text = parts.text.map(|t| format!("{t}{footer_text}"));
+    // Every e-mail gets a text part: the template's, or one derived from its HTML.
+    let text = parts
+        .text
+        .unwrap_or_else(|| crate::text::from_html(&parts.html));
+    let text = Some(format!("{text}{footer_text}"));
     Ok(CompliantEmail {
         parts: EmailParts {
             subject: parts.subject,
@@ -252,8 +256,12 @@ mod tests {
                 .unwrap_or_default()
                 .contains(&format!("Se désinscrire: {}", fr.unsubscribe_url))
         );
-        let en = email(parts(), &profile(), &signer(), "cmp-1", "c-1", "en").expect("compliant");
+        let mut html_only = parts();
+        html_only.text = None;
+        let en = email(html_only, &profile(), &signer(), "cmp-1", "c-1", "en").expect("compliant");
         assert!(en.parts.html.contains("Unsubscribe</a>"));
+        let text = en.parts.text.expect("derived from the HTML");
+        assert!(text.starts_with("Bonjour\n\n--\nParti Exemple"), "{text}");
     }
 
     #[test]

@@ -9,12 +9,14 @@
 //! - [`sms`]: GSM-7 or UCS-2 chosen by content, the exact number of parts (escape pairs and
 //!   surrogate pairs never split), the optional normalisation that keeps French in GSM-7.
 //!
+//! - [`text`]: a readable text part from HTML, links kept, when a template gives none.
 //! - [`tokens`]: signed tokens for unsubscribe, open and click links (HMAC-SHA256).
 //!
-//! Not written yet: the text part derived from HTML, open pixel and click rewriting, and
-//! the `tocsin.jobs` consumer that puts it all together.
+//! Not written yet: open pixel and click rewriting, and the `tocsin.jobs` consumer that
+//! puts it all together.
 
 pub mod compliance;
 pub mod render;
 pub mod sms;
+pub mod text;
 pub mod tokens;
