@@ -211,31 +211,29 @@ impl Planner {
         now: DateTime<Utc>,
     ) -> Action {
         let now_ms = millis(now);
+        let give_up = |channel, kind, reason, detail, counter| {
+            Action::Drop(
+                self.feedback(campaign_id, contact_id, channel, kind, reason, detail),
+                counter,
+            )
+        };
         let Some(campaign) = campaign else {
-            return Action::Drop(
-                self.feedback(
-                    campaign_id,
-                    contact_id,
-                    v1::Channel::Unspecified,
-                    v1::FeedbackKind::Cancelled,
-                    v1::Reason::Unspecified,
-                    "campaign no longer exists",
-                ),
+            return give_up(
+                v1::Channel::Unspecified,
+                v1::FeedbackKind::Cancelled,
+                v1::Reason::Unspecified,
+                "campaign no longer exists",
                 "dropped",
             );
         };
         let channel = engine::channel_of(&campaign.blast);
         match campaign.state {
             State::Cancelled => {
-                return Action::Drop(
-                    self.feedback(
-                        campaign_id,
-                        contact_id,
-                        channel,
-                        v1::FeedbackKind::Cancelled,
-                        v1::Reason::Unspecified,
-                        "campaign cancelled",
-                    ),
+                return give_up(
+                    channel,
+                    v1::FeedbackKind::Cancelled,
+                    v1::Reason::Unspecified,
+                    "campaign cancelled",
                     "dropped",
                 );
             }
@@ -243,15 +241,11 @@ impl Planner {
             _ => {}
         }
         let Some(contact) = contact else {
-            return Action::Drop(
-                self.feedback(
-                    campaign_id,
-                    contact_id,
-                    channel,
-                    v1::FeedbackKind::Suppressed,
-                    v1::Reason::Erased,
-                    "profile erased before sending",
-                ),
+            return give_up(
+                channel,
+                v1::FeedbackKind::Suppressed,
+                v1::Reason::Erased,
+                "profile erased before sending",
                 "dropped",
             );
         };
@@ -261,15 +255,11 @@ impl Planner {
             } else {
                 v1::Reason::SuppressionList
             };
-            return Action::Drop(
-                self.feedback(
-                    campaign_id,
-                    contact_id,
-                    channel,
-                    v1::FeedbackKind::Suppressed,
-                    reason,
-                    "suppressed after planning",
-                ),
+            return give_up(
+                channel,
+                v1::FeedbackKind::Suppressed,
+                reason,
+                "suppressed after planning",
                 "dropped",
             );
         }
@@ -284,15 +274,11 @@ impl Planner {
             );
         let expires_ms = planned_ms.saturating_add(expiry_ms);
         if now_ms >= expires_ms {
-            return Action::Drop(
-                self.feedback(
-                    campaign_id,
-                    contact_id,
-                    channel,
-                    v1::FeedbackKind::Expired,
-                    v1::Reason::Unspecified,
-                    "could not leave before its expiry",
-                ),
+            return give_up(
+                channel,
+                v1::FeedbackKind::Expired,
+                v1::Reason::Unspecified,
+                "could not leave before its expiry",
                 "expired",
             );
         }
@@ -307,15 +293,11 @@ impl Planner {
             Some(at) if millis(at) > now_ms + 1000 => return Action::Hold(millis(at)),
             Some(_) => {}
             None => {
-                return Action::Drop(
-                    self.feedback(
-                        campaign_id,
-                        contact_id,
-                        channel,
-                        v1::FeedbackKind::Expired,
-                        v1::Reason::Unspecified,
-                        "quiet hours never open",
-                    ),
+                return give_up(
+                    channel,
+                    v1::FeedbackKind::Expired,
+                    v1::Reason::Unspecified,
+                    "quiet hours never open",
                     "expired",
                 );
             }
