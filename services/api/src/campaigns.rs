@@ -335,23 +335,25 @@ async fn segment_exists(state: &AppState, segment: &str) -> Result<(), ApiError>
     }
 }
 
-/// The template must exist, at the requested version (0: the latest, which the campaign
-/// then keeps even if the template is edited), for the campaign's channel.
+/// The template must exist (and not be deleted), at the requested version (0: the latest,
+/// which the campaign then keeps even if the template is edited), for the campaign's
+/// channel.
 async fn pin_template(state: &AppState, blast: &v1::ScheduleBlast) -> Result<u32, ApiError> {
     let mut conn = state.redis.clone();
     let wanted = (blast.template_version > 0).then_some(blast.template_version);
-    let template = tocsin_templates::store::get(&mut conn, &blast.template_id, wanted)
-        .await?
-        .ok_or_else(|| match wanted {
-            Some(v) => ApiError::invalid(
+    let id = &blast.template_id;
+    let Some(template) = tocsin_templates::store::get_live(&mut conn, id, wanted).await? else {
+        let known = tocsin_templates::store::get_live(&mut conn, id, None)
+            .await?
+            .is_some();
+        return Err(match wanted {
+            Some(v) if known => ApiError::invalid(
                 "templateVersion",
-                format!("template {:?} has no version {v}", blast.template_id),
+                format!("template {id:?} has no version {v}"),
             ),
-            None => ApiError::invalid(
-                "template",
-                format!("unknown template {:?}", blast.template_id),
-            ),
-        })?;
+            _ => ApiError::invalid("template", format!("unknown template {id:?}")),
+        });
+    };
     let channel_matches = matches!(
         (template.draft.channel, engine::channel_of(blast)),
         (tocsin_templates::Channel::Email, v1::Channel::Email)

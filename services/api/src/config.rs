@@ -4,11 +4,15 @@ use secrecy::SecretString;
 use serde::Deserialize;
 use tocsin_bus::KafkaConfig;
 use tocsin_planner::config::PlannerConfig;
+use tocsin_renderer::config::RendererConfig;
 use tocsin_runtime::{HttpConfig, LogConfig, RedisConfig};
 
-/// The planner's defaults (shared `[planner]` section) and the API's own.
+/// The planner's defaults (shared `[planner]` section), the renderer's (shared
+/// `[renderer]` section) and the API's own.
 pub const DEFAULTS: &str = concat!(
     include_str!("../../../config/planner.toml"),
+    "\n",
+    include_str!("../../../config/renderer.toml"),
     "\n",
     include_str!("../../../config/api.toml")
 );
@@ -22,6 +26,9 @@ pub struct Config {
     pub log: LogConfig,
     /// The planner's settings: the dry run applies the same rules with the same keys.
     pub planner: PlannerConfig,
+    /// The renderer's settings: a preview or a test send renders exactly as the renderer
+    /// will (same token key, same sender profiles, same SMS limits).
+    pub renderer: RendererConfig,
     pub api: ApiConfig,
 }
 
@@ -47,8 +54,8 @@ pub struct TokenConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
-    /// Lists, reads, dry runs.
+    /// Lists, reads, dry runs, template previews.
     Reader,
-    /// Schedules, pauses, resumes, cancels.
+    /// Schedules, pauses, resumes, cancels; uploads, test-sends and deletes templates.
     Operator,
 }

@@ -1,5 +1,5 @@
 //! Errors as the API answers them: a status and a JSON body naming the field and the
-//! problem.
+//! problem (and, for a message the renderer refuses, the class of the refusal).
 
 use axum::Json;
 use axum::http::StatusCode;
@@ -15,12 +15,22 @@ pub struct ErrorBody {
     /// The request field at fault, when there is one (`startAt`, `quietHours.windows[2]`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// Why the renderer refused a preview or a test send (`missing_field`, `too_long`,
+    /// `unknown_sender_profile`, ...): the class its feedback and metrics would carry.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub class: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{message}")]
     Invalid { field: String, message: String },
+    /// The renderer would not render this: its own words, and its class.
+    #[error("{message}")]
+    Refused {
+        class: &'static str,
+        message: String,
+    },
     #[error("missing or malformed bearer token")]
     Unauthenticated,
     #[error("this token's role may not {0}")]
@@ -56,10 +66,15 @@ impl From<tocsin_bus::BusError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let class = match &self {
+            ApiError::Refused { class, .. } => Some((*class).to_owned()),
+            _ => None,
+        };
         let (status, field) = match &self {
             ApiError::Invalid { field, .. } => {
                 (StatusCode::UNPROCESSABLE_ENTITY, Some(field.clone()))
             }
+            ApiError::Refused { .. } => (StatusCode::UNPROCESSABLE_ENTITY, None),
             ApiError::Unauthenticated => (StatusCode::UNAUTHORIZED, None),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, None),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, None),
@@ -74,6 +89,7 @@ impl IntoResponse for ApiError {
             Json(ErrorBody {
                 error: self.to_string(),
                 field,
+                class,
             }),
         )
             .into_response();

@@ -1,13 +1,19 @@
 //! The control API: what the communications team (and the `tocsin` CLI) call.
 //!
 //! # Layout
-//! - [`config`]: `[api]` (tokens and roles) plus the `[planner]` settings the dry run shares.
+//! - [`config`]: `[api]` (tokens and roles) plus the `[planner]` settings the dry run shares
+//!   and the `[renderer]` settings previews and test sends share.
 //! - [`auth`]: bearer tokens, compared in constant time; roles reader < operator.
 //! - [`campaigns`]: schedule (validated field by field), list, read with counters, pause,
 //!   resume, cancel (applied in Redis before the answer), dry run.
 //! - [`segments`]: sizes and masked samples.
-//! - [`templates`]: upload (validated, a new version each time), list, read.
-//! - [`error`]: every error is a status and `{"error", "field"}`.
+//! - [`templates`]: upload (validated, a new version each time), list, read, delete (refused
+//!   while a campaign still to send uses the template).
+//! - [`preview`]: a template rendered for a sample, stored or given contact by the
+//!   renderer's own [`Composer`]; a test send, which publishes one job through the real
+//!   pipeline.
+//! - [`error`]: every error is a status and `{"error", "field"}` (`"class"` too when the
+//!   renderer refuses a preview or a test send).
 //! - [`openapi`]: the OpenAPI document, served at `/openapi.json` and kept in the repo.
 
 pub mod auth;
@@ -15,6 +21,7 @@ pub mod campaigns;
 pub mod config;
 pub mod error;
 pub mod openapi;
+pub mod preview;
 pub mod segments;
 pub mod templates;
 
@@ -26,6 +33,7 @@ use axum::routing::{get, post};
 use tocsin_bus::admin;
 use tocsin_bus::{BusMetrics, Producer};
 use tocsin_planner::store::AddressHasher;
+use tocsin_renderer::compose::Composer;
 use tocsin_runtime::http;
 use tocsin_runtime::readiness::redis_client;
 
@@ -37,6 +45,8 @@ pub struct AppState {
     pub redis: redis::aio::ConnectionManager,
     pub producer: Producer,
     pub hasher: AddressHasher,
+    /// Renders previews and test sends exactly as the renderer renders jobs.
+    pub composer: Arc<Composer>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -60,8 +70,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/templates", get(templates::list))
         .route(
             "/v1/templates/{id}",
-            get(templates::get).put(templates::put),
+            get(templates::get)
+                .put(templates::put)
+                .delete(templates::delete),
         )
+        .route("/v1/templates/{id}/preview", post(preview::preview))
+        .route("/v1/templates/{id}/test-send", post(preview::test_send))
         .route("/v1/segments", get(segments::list))
         .route("/v1/segments/{id}", get(segments::get))
         .route("/openapi.json", get(openapi::serve))
@@ -76,9 +90,12 @@ pub async fn run(
     let shutdown = tocsin_runtime::shutdown::token(shutdown);
     let registry = prometheus::Registry::new();
     let bus_metrics = BusMetrics::register(&registry)?;
-    admin::ensure_topics(&config.kafka, &[&config.kafka.topics.campaigns])
-        .await
-        .context("creating topics")?;
+    admin::ensure_topics(
+        &config.kafka,
+        &[&config.kafka.topics.campaigns, &config.kafka.topics.jobs],
+    )
+    .await
+    .context("creating topics")?;
     let producer = Producer::new(&config.kafka, "tocsin-api", bus_metrics)?;
     let redis = redis::aio::ConnectionManager::new(redis_client(&config.redis)?)
         .await
@@ -86,6 +103,7 @@ pub async fn run(
     let checks = admin::readiness_checks(&config.kafka, &config.redis)?;
     let state = Arc::new(AppState {
         hasher: AddressHasher::new(config.planner.suppression_key.clone()),
+        composer: Arc::new(Composer::new(&config.renderer)),
         config,
         redis,
         producer,

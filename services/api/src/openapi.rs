@@ -6,16 +6,17 @@ use axum::Json;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{campaigns, error, segments, templates};
+use crate::{campaigns, error, preview, segments, templates};
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Tocsin control API", description = "Schedule and steer blasts; read segments."),
+    info(title = "Tocsin control API", description = "Schedule and steer blasts; read segments; upload, preview, test-send and delete templates."),
     paths(
         campaigns::create, campaigns::list, campaigns::get, campaigns::pause,
         campaigns::resume, campaigns::cancel, campaigns::dry_run,
         segments::list, segments::get,
-        templates::put, templates::list, templates::get,
+        templates::put, templates::list, templates::get, templates::delete,
+        preview::preview, preview::test_send,
     ),
     components(schemas(
         campaigns::CampaignRequest, campaigns::CampaignView, campaigns::Counters,
@@ -23,6 +24,9 @@ use crate::{campaigns, error, segments, templates};
         campaigns::QuietHoursRequest, campaigns::WindowRequest,
         segments::SegmentSummary, segments::SegmentDetail, segments::MemberSample,
         templates::TemplateUpload, templates::TemplateView, templates::TemplateSummary,
+        preview::PreviewRequest, preview::ContactRequest, preview::PreviewView,
+        preview::EmailPreview, preview::SmsPreview, preview::HeaderView,
+        preview::TestSendRequest, preview::TestSendView,
         error::ErrorBody,
     )),
     modifiers(&Bearer),

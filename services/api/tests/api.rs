@@ -13,6 +13,9 @@ use tocsin_runtime::shutdown::CancellationToken;
 
 const READER: &str = "local-reader-token";
 const OPERATOR: &str = "local-operator-token";
+/// Shared by the template preview, test send and delete tests (and the template store's):
+/// they run at the same time on it, so nothing flushes it and every id they make is unique.
+const SHARED_DB: u8 = 14;
 
 struct Api {
     base: String,
@@ -22,7 +25,17 @@ struct Api {
 }
 
 impl Api {
+    /// An API on a database of the test's own, emptied first.
     async fn start(test: &str, db: u8) -> Api {
+        Self::launch(test, db, true).await
+    }
+
+    /// An API on [`SHARED_DB`], not emptied.
+    async fn start_shared(test: &str) -> Api {
+        Self::launch(test, SHARED_DB, false).await
+    }
+
+    async fn launch(test: &str, db: u8, flush: bool) -> Api {
         let port = stack::free_port();
         let mut env = stack::service_env(test, 1, db);
         env.push(("TOCSIN__HTTP__LISTEN".into(), format!("127.0.0.1:{port}")));
@@ -30,7 +43,9 @@ impl Api {
             .env(env)
             .load()
             .expect("api configuration");
-        stack::flush_redis(&config.redis.url).await;
+        if flush {
+            stack::flush_redis(&config.redis.url).await;
+        }
         let stop = CancellationToken::new();
         let wait = stop.clone();
         tokio::spawn(tocsin_api::run(config.clone(), async move {
@@ -88,12 +103,22 @@ impl Api {
             .await
     }
 
+    async fn delete(&self, path: &str, token: &str) -> (StatusCode, Value) {
+        self.call(reqwest::Method::DELETE, path, Some(token), None)
+            .await
+    }
+
     async fn template(&self, id: &str, channel: &str) -> Value {
         let variants = if channel == "sms" {
             json!({"fr": {"body": "{{default first_name \"Bonjour\"}}, rdv samedi. STOP au 36111"}})
         } else {
             json!({"fr": {"subject": "Bonjour {{first_name}}", "html": "<p>Bonjour {{first_name}}</p>"}})
         };
+        self.upload(id, channel, variants).await
+    }
+
+    /// Uploads a template with these French variants; it must be accepted.
+    async fn upload(&self, id: &str, channel: &str, variants: Value) -> Value {
         let (status, body) = self
             .call(
                 reqwest::Method::PUT,
@@ -106,12 +131,16 @@ impl Api {
         body
     }
 
+    async fn redis(&self) -> redis::aio::ConnectionManager {
+        let client = redis::Client::open(self.config.redis.url.as_str()).expect("url");
+        redis::aio::ConnectionManager::new(client)
+            .await
+            .expect("redis")
+    }
+
     /// Puts contacts in a segment through the planner's own store (as ingestion does).
     async fn seed(&self, segment: &str, contacts: &[v1::Contact]) {
-        let client = redis::Client::open(self.config.redis.url.as_str()).expect("url");
-        let mut conn = redis::aio::ConnectionManager::new(client)
-            .await
-            .expect("redis");
+        let mut conn = self.redis().await;
         for c in contacts {
             store::apply_membership(&mut conn, &c.id, Membership::Enter(segment), Some(c))
                 .await
@@ -486,5 +515,574 @@ async fn templates_are_validated_at_upload_and_versioned() {
     );
     let (status, _) = api.get("/v1/templates/bienvenue?version=9", READER).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    api.stop.cancel();
+}
+
+/// The e-mail most template tests preview: every contact field it reads has no fallback.
+fn greeting() -> Value {
+    json!({"fr": {
+        "subject": "Bonjour {{first_name}}",
+        "html": "<p>Bonjour {{first_name}} {{last_name}}, rendez-vous à {{attributes.commune}}.</p>",
+    }})
+}
+
+/// A contact stored as the CRM's segment events store it, with an id of its own.
+fn stored_contact(first_name: &str, commune: &str) -> v1::Contact {
+    let id = stack::unique("c");
+    v1::Contact {
+        email: format!("{id}@exemple.fr"),
+        phone_e164: "+33698765432".into(),
+        first_name: first_name.into(),
+        last_name: "Durand".into(),
+        locale: "fr".into(),
+        time_zone: "Europe/Paris".into(),
+        attributes: [("commune".to_owned(), commune.to_owned())].into(),
+        id,
+        ..Default::default()
+    }
+}
+
+fn text_of(v: &Value) -> &str {
+    v.as_str().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn previews_render_for_the_sample_a_stored_and_an_inline_contact() {
+    let api = Api::start_shared("api-preview").await;
+    let id = stack::unique("bienvenue");
+    let path = format!("/v1/templates/{id}/preview");
+    api.upload(&id, "email", greeting()).await;
+
+    // No body at all: the latest version for the sample contact.
+    let (status, sample) = api
+        .call(reqwest::Method::POST, &path, Some(READER), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{sample}");
+    assert_eq!(sample["templateId"], id.as_str());
+    assert_eq!(sample["version"], 1);
+    assert_eq!(sample["channel"], "email");
+    assert_eq!(sample["contactId"], "sample");
+    assert_eq!(sample["sms"], Value::Null);
+    let email = &sample["email"];
+    assert_eq!(email["to"], "camille.martin@example.org");
+    assert_eq!(email["from"], "Tocsin Local <campagnes@tocsin.localhost>");
+    assert_eq!(email["replyTo"], "contact@tocsin.localhost");
+    assert_eq!(email["subject"], "Bonjour Camille");
+    assert!(
+        text_of(&email["html"]).contains("Bonjour Camille Martin, rendez-vous à Lyon."),
+        "{email}"
+    );
+    assert!(
+        text_of(&email["text"]).contains("Bonjour Camille Martin, rendez-vous à Lyon."),
+        "{email}"
+    );
+    assert!(
+        text_of(&email["messageId"]).ends_with("@tocsin.localhost>"),
+        "{email}"
+    );
+    let headers: Vec<&str> = email["headers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|h| text_of(&h["name"]))
+        .collect();
+    assert!(headers.contains(&"List-Unsubscribe"), "{headers:?}");
+
+    // A contact the planner stores.
+    let lea = stored_contact("Léa", "Villeurbanne");
+    api.seed(&stack::unique("seg"), std::slice::from_ref(&lea))
+        .await;
+    let (status, stored) = api.post(&path, READER, json!({"contactId": lea.id})).await;
+    assert_eq!(status, StatusCode::OK, "{stored}");
+    assert_eq!(stored["contactId"], lea.id.as_str());
+    assert_eq!(stored["email"]["to"], lea.email.as_str());
+    assert_eq!(stored["email"]["subject"], "Bonjour Léa");
+    assert!(text_of(&stored["email"]["html"]).contains("Léa Durand, rendez-vous à Villeurbanne"));
+
+    // A contact given in the request.
+    let (status, inline) = api
+        .post(
+            &path,
+            READER,
+            json!({"contact": {"firstName": "Noé", "lastName": "Petit", "email": "noe@exemple.fr",
+                               "attributes": {"commune": "Vénissieux"}}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{inline}");
+    assert_eq!(inline["contactId"], "inline");
+    assert_eq!(inline["email"]["to"], "noe@exemple.fr");
+    assert!(text_of(&inline["email"]["html"]).contains("Noé Petit, rendez-vous à Vénissieux"));
+
+    // Versions: the latest by default, any other on request.
+    api.upload(
+        &id,
+        "email",
+        json!({"fr": {"subject": "Rappel {{first_name}}", "html": "<p>Rappel</p>"}}),
+    )
+    .await;
+    let (_, latest) = api.post(&path, READER, json!({})).await;
+    assert_eq!(latest["version"], 2);
+    assert_eq!(latest["email"]["subject"], "Rappel Camille");
+    let (_, first) = api.post(&path, READER, json!({"version": 1})).await;
+    assert_eq!(first["email"]["subject"], "Bonjour Camille");
+
+    // What is refused before rendering.
+    let cases: Vec<(Value, StatusCode, Option<&str>, &str)> = vec![
+        (
+            json!({"contactId": lea.id, "contact": {"firstName": "Noé"}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("contact"),
+            "not both",
+        ),
+        (
+            json!({"contactId": "nobody"}),
+            StatusCode::NOT_FOUND,
+            None,
+            "no contact \"nobody\"",
+        ),
+        (
+            json!({"contact": {"email": "pas-une-adresse"}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("contact.email"),
+            "exactly one '@'",
+        ),
+        (
+            json!({"contact": {"timeZone": "Europe/Lyon"}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("contact.timeZone"),
+            "not an IANA time zone",
+        ),
+        (
+            json!({"bogus": 1}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("bogus"),
+            "unknown field `bogus`",
+        ),
+        (
+            json!({"version": 9}),
+            StatusCode::NOT_FOUND,
+            None,
+            "has no version 9",
+        ),
+    ];
+    for (body, expected, field, message) in cases {
+        let (status, answer) = api.post(&path, READER, body.clone()).await;
+        assert_eq!(status, expected, "{body}: {answer}");
+        assert_eq!(answer["field"].as_str(), field, "{body}: {answer}");
+        assert!(
+            text_of(&answer["error"]).contains(message),
+            "{body}: {answer}"
+        );
+    }
+    let (status, answer) = api
+        .post("/v1/templates/inconnu/preview", READER, json!({}))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(answer["error"], "no template \"inconnu\"");
+    let (status, _) = api
+        .call(reqwest::Method::POST, &path, None, Some(json!({})))
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    api.stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_the_renderer_would_refuse_is_a_422_in_its_words_and_class() {
+    let api = Api::start_shared("api-preview-refusals").await;
+    let email = stack::unique("greeting");
+    api.upload(&email, "email", greeting()).await;
+    let preview = async |id: &str, body: Value| {
+        let (status, answer) = api
+            .post(&format!("/v1/templates/{id}/preview"), READER, body)
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+        answer
+    };
+
+    // The inline contact has no last name, and the template gives no fallback.
+    let missing = preview(
+        &email,
+        json!({"contact": {"firstName": "Noé", "email": "noe@exemple.fr", "attributes": {"commune": "Bron"}}}),
+    )
+    .await;
+    assert_eq!(missing["class"], "missing_field", "{missing}");
+    assert!(
+        text_of(&missing["error"]).contains("the contact has no `last_name`"),
+        "{missing}"
+    );
+    let attribute = preview(
+        &email,
+        json!({"contact": {"firstName": "Noé", "lastName": "Petit", "email": "noe@exemple.fr"}}),
+    )
+    .await;
+    assert_eq!(attribute["class"], "missing_field");
+    assert!(
+        text_of(&attribute["error"]).contains("attributes.commune"),
+        "{attribute}"
+    );
+
+    let profile = preview(&email, json!({"senderProfile": "parti-inconnu"})).await;
+    assert_eq!(profile["class"], "unknown_sender_profile");
+    assert!(
+        text_of(&profile["error"]).contains("[renderer.sender_profiles.parti-inconnu]"),
+        "{profile}"
+    );
+
+    let nobody = preview(
+        &email,
+        json!({"contact": {"firstName": "Noé", "lastName": "Petit", "attributes": {"commune": "Bron"}}}),
+    )
+    .await;
+    assert_eq!(nobody["class"], "no_address");
+    assert_eq!(nobody["error"], "the contact has no e-mail address");
+
+    // Four GSM-7 parts' worth of text; a campaign allows 3 unless it says otherwise.
+    let sms = stack::unique("long");
+    api.upload(&sms, "sms", json!({"fr": {"body": "x".repeat(500)}}))
+        .await;
+    let long = preview(&sms, json!({})).await;
+    assert_eq!(long["class"], "too_long");
+    assert_eq!(
+        long["error"],
+        "the SMS needs 4 parts (GSM-7) and the campaign allows 3"
+    );
+    api.stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sms_previews_report_the_exact_encoding_and_parts() {
+    let api = Api::start_shared("api-preview-sms").await;
+    let cases = [
+        // With the sender's name and the STOP mention: 71 septets.
+        (
+            "Bonjour {{first_name}}, RDV samedi 10h place Bellecour.".to_owned(),
+            "GSM-7",
+            1,
+        ),
+        // 202 septets: past 160, parts hold 153.
+        ("x".repeat(180), "GSM-7", 2),
+        // ô is not in GSM-7: the whole message is UCS-2, 70 units alone, 67 a part.
+        (
+            "Rendez-vous au Rhône, {{first_name}} !".to_owned(),
+            "UCS-2",
+            1,
+        ),
+        // 82 UTF-16 units (the bell takes two).
+        (
+            "À bientôt {{first_name}} ! {{attributes.commune}}. 🔔 y".repeat(2),
+            "UCS-2",
+            2,
+        ),
+    ];
+    for (body, encoding, parts) in cases {
+        let id = stack::unique("sms");
+        api.upload(&id, "sms", json!({"fr": {"body": body}})).await;
+        let (status, preview) = api
+            .post(&format!("/v1/templates/{id}/preview"), READER, json!({}))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}: {preview}");
+        assert_eq!(preview["email"], Value::Null);
+        let sms = &preview["sms"];
+        assert_eq!(sms["to"], "+33612345678");
+        assert_eq!(sms["from"], "Tocsin");
+        let text = text_of(&sms["body"]);
+        assert!(text.starts_with("Tocsin: "), "{text}");
+        assert!(text.ends_with(" STOP au 36111"), "{text}");
+        assert_eq!(sms["encoding"], encoding, "{text}");
+        assert_eq!(sms["parts"], parts, "{text}");
+        // What the renderer's own count says of the body as sent.
+        let layout = tocsin_renderer::sms::layout(text);
+        assert_eq!(sms["parts"], layout.parts, "{text}");
+    }
+    api.stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contact_data_never_reaches_the_html_unescaped() {
+    let api = Api::start_shared("api-preview-escaping").await;
+    let id = stack::unique("escape");
+    api.upload(&id, "email", greeting()).await;
+    let mut hostile = stored_contact(
+        "<script>alert('stored')</script>",
+        "<img src=x onerror=alert(1)>",
+    );
+    hostile.last_name = "</p><script src=//evil.example/x.js></script>".into();
+    api.seed(&stack::unique("seg"), std::slice::from_ref(&hostile))
+        .await;
+    let bodies = [
+        json!({"contactId": hostile.id}),
+        json!({"contact": {"firstName": "<script>alert('inline')</script>", "lastName": "<b>Petit</b>",
+                           "email": "noe@exemple.fr", "attributes": {"commune": "<script>x</script>"}}}),
+    ];
+    for body in bodies {
+        let (status, preview) = api
+            .post(&format!("/v1/templates/{id}/preview"), READER, body.clone())
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}: {preview}");
+        let html = text_of(&preview["email"]["html"]);
+        assert!(!html.contains("<script"), "{html}");
+        assert!(!html.contains("<img"), "{html}");
+        assert!(!html.contains("<b>"), "{html}");
+        assert!(html.contains("&lt;script"), "{html}");
+        // The subject and the text part are plain text, sent and shown as text: they carry
+        // the data as written (escaping them would show `&lt;` to the recipient).
+        assert!(
+            text_of(&preview["email"]["subject"]).starts_with("Bonjour <script>"),
+            "{preview}"
+        );
+    }
+    api.stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_test_send_publishes_exactly_one_job_to_the_given_address() {
+    let api = Api::start_shared("api-test-send").await;
+    let id = stack::unique("rappel");
+    let path = format!("/v1/templates/{id}/test-send");
+    api.upload(&id, "email", greeting()).await;
+    api.upload(
+        &id,
+        "email",
+        json!({"fr": {"subject": "Rappel", "html": "<p>{{attributes.bureau_de_vote}}</p>"}}),
+    )
+    .await;
+
+    // Refused before anything is published.
+    let (status, answer) = api
+        .post(&path, READER, json!({"to": "moi@exemple.fr"}))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{answer}");
+    assert_eq!(
+        answer["error"],
+        "this token's role may not send test messages"
+    );
+    let (status, answer) = api
+        .post(&path, OPERATOR, json!({"to": "+33612345678", "version": 1}))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    assert_eq!(answer["field"], "to");
+    assert!(
+        text_of(&answer["error"]).contains("this is an e-mail template"),
+        "{answer}"
+    );
+    let (status, answer) = api.post(&path, OPERATOR, json!({})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    assert!(
+        text_of(&answer["error"]).contains("missing field `to`"),
+        "{answer}"
+    );
+    // Version 2 reads a field the sample contact does not have: refused as a preview is.
+    let (status, answer) = api
+        .post(&path, OPERATOR, json!({"to": "moi@exemple.fr"}))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    assert_eq!(answer["class"], "missing_field");
+    assert!(
+        text_of(&answer["error"]).contains("attributes.bureau_de_vote"),
+        "{answer}"
+    );
+    let (status, _) = api
+        .post(
+            &path,
+            OPERATOR,
+            json!({"to": "moi@exemple.fr", "version": 1, "contactId": "nobody"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let (status, sent) = api
+        .post(
+            &path,
+            OPERATOR,
+            json!({"to": "Moi@Exemple.FR", "version": 1}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{sent}");
+    assert_eq!(sent["channel"], "email");
+    let campaign = text_of(&sent["campaignId"]).to_owned();
+    let run = campaign.strip_prefix("test-").expect("test- campaign id");
+    assert_eq!(run.len(), 32, "{campaign}");
+    assert_eq!(sent["idempotencyKey"], format!("test:{run}:email"));
+
+    let reader = stack::TopicReader::new(&api.config.kafka.topics.jobs.name);
+    let mut jobs = reader
+        .read_until::<v1::SendJob>(Duration::from_secs(30), |r| !r.is_empty())
+        .await;
+    jobs.extend(reader.read_for::<v1::SendJob>(Duration::from_secs(2)).await);
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    let record = &jobs[0];
+    let job = &record.event;
+    assert_eq!(
+        record.key.as_deref(),
+        Some("test:sample".as_bytes()),
+        "a test message is about a test contact, never a real one"
+    );
+    assert_eq!(job.campaign_id, campaign);
+    assert_eq!(job.idempotency_key, format!("test:{run}:email"));
+    assert_eq!(job.channel(), v1::Channel::Email);
+    assert_eq!(job.lane(), v1::Lane::Triggered);
+    assert_eq!(job.template_id, id);
+    assert_eq!(job.template_version, 1, "the version asked for, pinned");
+    let contact = job.contact.as_ref().expect("contact");
+    assert_eq!(
+        contact.email, "Moi@exemple.fr",
+        "the address given, domain lower-cased"
+    );
+    assert_eq!(contact.first_name, "Camille", "the sample contact's data");
+    let meta = job.meta.as_ref().expect("meta");
+    assert_eq!(meta.event_id, format!("job:test:{run}:email"));
+    assert_eq!(meta.source, "api");
+    let (not_before, expires) = (
+        job.not_before.as_ref().expect("not before").seconds,
+        job.expires_at.as_ref().expect("expiry").seconds,
+    );
+    assert_eq!(expires - not_before, 3600);
+    api.stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sms_test_send_uses_a_stored_contacts_data_and_the_given_number() {
+    let api = Api::start_shared("api-test-send-sms").await;
+    let id = stack::unique("rappel-sms");
+    api.upload(
+        &id,
+        "sms",
+        json!({"fr": {"body": "{{first_name}}, RDV à {{attributes.commune}} samedi."}}),
+    )
+    .await;
+    let lea = stored_contact("Léa", "Villeurbanne");
+    api.seed(&stack::unique("seg"), std::slice::from_ref(&lea))
+        .await;
+    let path = format!("/v1/templates/{id}/test-send");
+    let (status, answer) = api
+        .post(&path, OPERATOR, json!({"to": "moi@exemple.fr"}))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    assert!(
+        text_of(&answer["error"]).contains("this is an SMS template"),
+        "{answer}"
+    );
+    let (status, sent) = api
+        .post(
+            &path,
+            OPERATOR,
+            json!({"to": "+33 7 00 00 00 01", "contactId": lea.id}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{sent}");
+    assert_eq!(sent["channel"], "sms");
+    let jobs = stack::TopicReader::new(&api.config.kafka.topics.jobs.name)
+        .read_until::<v1::SendJob>(Duration::from_secs(30), |r| !r.is_empty())
+        .await;
+    let record = &jobs[0];
+    let test_id = format!("test:{}", lea.id);
+    assert_eq!(
+        record.key.as_deref(),
+        Some(test_id.as_bytes()),
+        "a test message is never about the real contact (its unsubscribe link included)"
+    );
+    let job = &record.event;
+    assert_eq!(job.idempotency_key, text_of(&sent["idempotencyKey"]));
+    assert_eq!(job.channel(), v1::Channel::Sms);
+    assert_eq!(job.lane(), v1::Lane::Triggered);
+    assert_eq!(job.template_version, 1);
+    let contact = job.contact.as_ref().expect("contact");
+    assert_eq!(contact.id, test_id);
+    assert_eq!(contact.phone_e164, "+33700000001");
+    assert_eq!(contact.first_name, "Léa");
+    assert_eq!(contact.attributes["commune"], "Villeurbanne");
+    api.stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_is_deleted_only_once_no_campaign_still_to_send_uses_it() {
+    let api = Api::start_shared("api-template-delete").await;
+    let id = stack::unique("adieu");
+    let path = format!("/v1/templates/{id}");
+    api.upload(&id, "email", greeting()).await;
+    api.upload(&id, "email", greeting()).await;
+    let segment = stack::unique("seg");
+    api.seed(&segment, &[stored_contact("Léa", "Bron")]).await;
+    let campaign = stack::unique("cmp");
+    let mut request = blast(&segment);
+    request["id"] = json!(campaign);
+    request["template"] = json!(id);
+    request["templateVersion"] = json!(1);
+    let (status, created) = api.post("/v1/campaigns", OPERATOR, request.clone()).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+
+    let (status, _) = api.delete("/v1/templates/inconnu", OPERATOR).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, answer) = api.delete(&path, READER).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{answer}");
+    let step = async |verb: &str| {
+        let (status, answer) = api
+            .post(
+                &format!("/v1/campaigns/{campaign}/{verb}"),
+                OPERATOR,
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{verb}: {answer}");
+    };
+    let refused = async || {
+        let (status, answer) = api.delete(&path, OPERATOR).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+        let expected = format!("used by campaigns still to send: {campaign} (cancel them");
+        assert!(text_of(&answer["error"]).contains(&expected), "{answer}");
+    };
+    // Scheduled, then paused: still to send (at version 1, not the latest), so it stays.
+    refused().await;
+    step("pause").await;
+    refused().await;
+
+    step("cancel").await;
+    let (status, body) = api.delete(&path, OPERATOR).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+
+    // Gone for the API: not shown, not listed, not previewed, not pinned again.
+    let (status, _) = api.get(&path, READER).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = api.get(&format!("{path}?version=1"), READER).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, list) = api.get("/v1/templates", READER).await;
+    assert!(
+        !list
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|t| t["id"] == id.as_str()),
+        "{list}"
+    );
+    let (status, _) = api
+        .post(&format!("{path}/preview"), READER, json!({}))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    request["id"] = json!(stack::unique("cmp"));
+    let (status, refused) = api.post("/v1/campaigns", OPERATOR, request).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    assert_eq!(refused["field"], "template");
+    let (status, _) = api.delete(&path, OPERATOR).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "deleted once");
+
+    // Kept for the renderer: a job already on the bus still loads the version it pins.
+    let mut conn = api.redis().await;
+    let pinned = tocsin_templates::store::get(&mut conn, &id, Some(1))
+        .await
+        .expect("redis")
+        .expect("version 1 kept");
+    assert_eq!(pinned.version, 1);
+    assert!(
+        tocsin_templates::store::get(&mut conn, &id, None)
+            .await
+            .expect("redis")
+            .is_none()
+    );
+
+    // Uploading the id again brings it back with the next version number.
+    assert_eq!(api.upload(&id, "email", greeting()).await["version"], 3);
+    let (status, shown) = api.get(&path, READER).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(shown["version"], 3);
     api.stop.cancel();
 }

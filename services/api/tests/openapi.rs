@@ -17,6 +17,8 @@ fn the_committed_openapi_document_matches_the_code() {
         "/v1/campaigns/{id}/cancel",
         "/v1/campaigns/dry-run",
         "/v1/segments/{id}",
+        "/v1/templates/{id}/preview",
+        "/v1/templates/{id}/test-send",
     ] {
         assert!(generated.contains(&format!("\"{path}\"")), "{path} missing");
     }

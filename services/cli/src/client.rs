@@ -12,12 +12,18 @@ pub enum ClientError {
         #[source]
         source: reqwest::Error,
     },
-    /// The API refused: its own message, and the field at fault.
-    #[error("{message}{}", field.as_ref().map(|f| format!(" (field: {f})")).unwrap_or_default())]
+    /// The API refused: its own message, the field at fault, and for a message the
+    /// renderer would not render, the class of the refusal.
+    #[error(
+        "{message}{}{}",
+        field.as_ref().map(|f| format!(" (field: {f})")).unwrap_or_default(),
+        class.as_ref().map(|c| format!(" ({c})")).unwrap_or_default()
+    )]
     Refused {
         status: StatusCode,
         message: String,
         field: Option<String>,
+        class: Option<String>,
     },
     #[error("unexpected answer from the API: {0}")]
     Garbled(String),
@@ -76,6 +82,7 @@ impl Client {
                     .map(str::to_owned)
                     .unwrap_or_else(|| format!("HTTP {status}")),
                 field: value["field"].as_str().map(str::to_owned),
+                class: value["class"].as_str().map(str::to_owned),
             })
         }
     }

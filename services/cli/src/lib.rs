@@ -4,7 +4,7 @@
 //! # Layout
 //! - [`Cli`]: the commands and their options (clap).
 //! - [`client`]: HTTP calls to the API and its errors.
-//! - [`render`]: tables and the progress line.
+//! - [`render`]: tables, template previews and the progress line.
 
 pub mod client;
 pub mod render;
@@ -45,7 +45,7 @@ pub enum Command {
     /// Segments published by the CRM.
     #[command(subcommand)]
     Segments(Segments),
-    /// Message templates: upload a new version, list, show.
+    /// Message templates: upload a new version, list, show, preview, test-send, delete.
     #[command(subcommand)]
     Templates(Templates),
 }
@@ -67,6 +67,43 @@ pub enum Templates {
         id: String,
         #[arg(long)]
         version: Option<u32>,
+    },
+    /// Render a template for one contact exactly as the renderer would: an e-mail's
+    /// subject and text part, or an SMS with its encoding and number of parts.
+    Preview {
+        id: String,
+        /// A version number; the latest otherwise.
+        #[arg(long)]
+        version: Option<u32>,
+        /// A contact stored by the planner; the built-in sample contact otherwise.
+        #[arg(long)]
+        contact: Option<String>,
+        /// A profile of the renderer's `[renderer.sender_profiles]`; `default` otherwise.
+        #[arg(long)]
+        sender_profile: Option<String>,
+        /// Print only the e-mail's HTML body (to save and open in a browser).
+        #[arg(long)]
+        html: bool,
+    },
+    /// Send one message through the real pipeline: rendered for a contact (the sample
+    /// contact unless --contact), delivered to --to.
+    TestSend {
+        id: String,
+        /// An e-mail address for an e-mail template, an E.164 number for an SMS template.
+        #[arg(long)]
+        to: String,
+        /// A contact stored by the planner, whose data fills the template.
+        #[arg(long)]
+        contact: Option<String>,
+        #[arg(long)]
+        version: Option<u32>,
+        #[arg(long)]
+        sender_profile: Option<String>,
+    },
+    /// Delete a template: refused while a campaign still to send uses it. Messages already
+    /// planned still render; uploading the id again starts a new version.
+    Delete {
+        id: String,
     },
 }
 
@@ -210,12 +247,17 @@ fn request_body(args: &CampaignArgs) -> Result<Value, UsageError> {
             quiet_hours(&args.quiet_hours, args.skip_holidays)?,
         ),
     ];
+    with_present(&mut body, fields);
+    Ok(body)
+}
+
+/// Sets the fields that have a value, leaving the others out of the request.
+fn with_present<const N: usize>(body: &mut Value, fields: [(&str, Option<Value>); N]) {
     for (k, v) in fields {
         if let Some(v) = v {
             body[k] = v;
         }
     }
-    Ok(body)
 }
 
 /// Runs one command; what it prints goes to `out`.
@@ -278,6 +320,57 @@ pub async fn run(cli: Cli, out: &mut impl std::io::Write) -> anyhow::Result<()> 
             let query = version.map(|v| format!("?version={v}")).unwrap_or_default();
             client.get(&format!("/v1/templates/{id}{query}")).await?
         }
+        Command::Templates(Templates::Preview {
+            id,
+            version,
+            contact,
+            sender_profile,
+            ..
+        }) => {
+            let mut body = json!({});
+            with_present(
+                &mut body,
+                [
+                    ("version", version.map(Value::from)),
+                    ("contactId", contact.clone().map(Value::from)),
+                    ("senderProfile", sender_profile.clone().map(Value::from)),
+                ],
+            );
+            client
+                .post(&format!("/v1/templates/{id}/preview"), &body)
+                .await?
+        }
+        Command::Templates(Templates::TestSend {
+            id,
+            to,
+            contact,
+            version,
+            sender_profile,
+        }) => {
+            let mut body = json!({"to": to});
+            with_present(
+                &mut body,
+                [
+                    ("version", version.map(Value::from)),
+                    ("contactId", contact.clone().map(Value::from)),
+                    ("senderProfile", sender_profile.clone().map(Value::from)),
+                ],
+            );
+            client
+                .post(&format!("/v1/templates/{id}/test-send"), &body)
+                .await?
+        }
+        Command::Templates(Templates::Delete { id }) => {
+            // 204: the API answers with no body.
+            client
+                .call(
+                    reqwest::Method::DELETE,
+                    &format!("/v1/templates/{id}"),
+                    None,
+                )
+                .await?;
+            json!({"id": id, "deleted": true})
+        }
         Command::Segments(Segments::List) => client.get("/v1/segments").await?,
         Command::Segments(Segments::Show { id, sample }) => {
             client
@@ -296,6 +389,17 @@ pub async fn run(cli: Cli, out: &mut impl std::io::Write) -> anyhow::Result<()> 
         Command::Segments(Segments::List) => render::segment_list(&value),
         Command::Segments(Segments::Show { .. }) => render::segment(&value),
         Command::Templates(Templates::List) => render::template_list(&value),
+        Command::Templates(Templates::Preview { id, html: true, .. }) => value["email"]["html"]
+            .as_str()
+            .ok_or_else(|| {
+                UsageError(format!(
+                    "--html: template {id} is an SMS template, it has no HTML"
+                ))
+            })?
+            .to_owned(),
+        Command::Templates(Templates::Preview { .. }) => render::preview(&value),
+        Command::Templates(Templates::TestSend { .. }) => render::test_send(&value),
+        Command::Templates(Templates::Delete { id }) => format!("template {id} deleted"),
         Command::Templates(_) => render::template(&value),
     };
     writeln!(out, "{text}")?;

@@ -1,4 +1,4 @@
-//! Tables and the progress line.
+//! Tables, template previews and the progress line.
 
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -173,4 +173,53 @@ pub fn template(x: &Value) -> String {
     }
     out.push_str(&serde_json::to_string_pretty(&x["template"]["variants"]).unwrap_or_default());
     out
+}
+
+/// A preview as a person reads a message: the envelope, then the text part of an e-mail
+/// (`--html` prints the HTML instead), or an SMS with what it costs.
+pub fn preview(p: &Value) -> String {
+    let mut out = format!(
+        "{} version {}, {} for contact {}\n",
+        text(&p["templateId"]),
+        text(&p["version"]),
+        text(&p["channel"]),
+        text(&p["contactId"]),
+    );
+    let email = &p["email"];
+    let sms = &p["sms"];
+    if email.is_object() {
+        out.push_str(&format!(
+            "From: {}\nTo: {}\n",
+            text(&email["from"]),
+            text(&email["to"])
+        ));
+        if let Some(reply_to) = email["replyTo"].as_str() {
+            out.push_str(&format!("Reply-To: {reply_to}\n"));
+        }
+        out.push_str(&format!(
+            "Subject: {}\n\n{}",
+            text(&email["subject"]),
+            text(&email["text"])
+        ));
+    } else if sms.is_object() {
+        let parts = sms["parts"].as_u64().unwrap_or(0);
+        out.push_str(&format!(
+            "From: {}\nTo: {}\n{}, {parts} part{}\n\n{}",
+            text(&sms["from"]),
+            text(&sms["to"]),
+            text(&sms["encoding"]),
+            if parts == 1 { "" } else { "s" },
+            text(&sms["body"]),
+        ));
+    }
+    out.trim_end().to_owned()
+}
+
+pub fn test_send(t: &Value) -> String {
+    format!(
+        "test {} queued: campaign {}, idempotency key {}",
+        text(&t["channel"]),
+        text(&t["campaignId"]),
+        text(&t["idempotencyKey"]),
+    )
 }

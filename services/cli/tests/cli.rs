@@ -226,3 +226,180 @@ async fn schedule_watch_and_read_a_blast_from_the_command_line() {
     api_task.await.expect("join").expect("api");
     planner_task.await.expect("join").expect("planner");
 }
+
+/// Shared with the API's template tests, which run at the same time: nothing is flushed
+/// and every template id here is unique.
+const SHARED_DB: u8 = 14;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preview_test_send_and_delete_templates_from_the_command_line() {
+    let port = stack::free_port();
+    let mut env = stack::service_env("cli-templates", 1, SHARED_DB);
+    env.push(("TOCSIN__HTTP__LISTEN".into(), format!("127.0.0.1:{port}")));
+    let config: tocsin_api::Config =
+        ConfigLoader::defaults_only(Some(tocsin_api::config::DEFAULTS))
+            .env(env)
+            .load()
+            .expect("api config");
+    let stop = CancellationToken::new();
+    let wait = stop.clone();
+    let api_task = tokio::spawn(tocsin_api::run(config.clone(), async move {
+        wait.cancelled().await
+    }));
+    let api = format!("http://127.0.0.1:{port}");
+    let (operator, reader) = ("local-operator-token", "local-reader-token");
+    for _ in 0..100 {
+        if tocsin(&api, reader, &["templates", "list"]).0 == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let dir = std::env::temp_dir().join(stack::unique("tpl"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let upload = |id: &str, json: &str| {
+        let file = dir.join(format!("{id}.json"));
+        std::fs::write(&file, json).expect("write");
+        let (code, _, err) = tocsin(
+            &api,
+            operator,
+            &[
+                "templates",
+                "upload",
+                id,
+                "--file",
+                file.to_str().expect("path"),
+            ],
+        );
+        assert_eq!(code, 0, "{err}");
+    };
+    let email = stack::unique("rentree");
+    upload(
+        &email,
+        r#"{"channel":"email","defaultLocale":"fr","variants":{"fr":{"subject":"Rentrée {{first_name}}","html":"<p>Bonjour {{first_name}}, à bientôt à <b>{{attributes.commune}}</b>.</p>"}}}"#,
+    );
+    let sms = stack::unique("rappel");
+    upload(
+        &sms,
+        r#"{"channel":"sms","defaultLocale":"fr","variants":{"fr":{"body":"{{first_name}}, RDV samedi 10h à {{attributes.commune}}."}}}"#,
+    );
+
+    // Preview: the sample contact, the subject and the text part; --html; --json.
+    let (code, out, err) = tocsin(&api, reader, &["templates", "preview", &email]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!("{email} version 1, email for contact sample")),
+        "{out}"
+    );
+    assert!(out.contains("To: camille.martin@example.org"), "{out}");
+    assert!(out.contains("Subject: Rentrée Camille"), "{out}");
+    assert!(out.contains("Bonjour Camille, à bientôt à Lyon"), "{out}");
+    assert!(!out.contains("<b>"), "the text part, not the HTML: {out}");
+    let (code, out, err) = tocsin(&api, reader, &["templates", "preview", &email, "--html"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("<p>Bonjour Camille, à bientôt à <b>Lyon</b>.</p>"),
+        "{out}"
+    );
+    let (code, out, err) = tocsin(&api, reader, &["--json", "templates", "preview", &sms]);
+    assert_eq!(code, 0, "{err}");
+    let shown: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(shown["sms"]["encoding"], "GSM-7");
+    assert_eq!(shown["sms"]["parts"], 1);
+    let (code, out, err) = tocsin(&api, reader, &["templates", "preview", &sms]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("GSM-7, 1 part\n"), "{out}");
+    assert!(
+        out.contains("Tocsin: Camille, RDV samedi 10h à Lyon. STOP au 36111"),
+        "{out}"
+    );
+
+    // Refusals: exit code 2 with the API's words.
+    let (code, _, err) = tocsin(&api, reader, &["templates", "preview", &sms, "--html"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("is an SMS template, it has no HTML"), "{err}");
+    let (code, _, err) = tocsin(
+        &api,
+        reader,
+        &[
+            "templates",
+            "preview",
+            &email,
+            "--sender-profile",
+            "inconnu",
+        ],
+    );
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("sender profile `inconnu` is not configured")
+            && err.contains("(unknown_sender_profile)"),
+        "{err}"
+    );
+    let (code, _, err) = tocsin(
+        &api,
+        reader,
+        &["templates", "preview", &email, "--contact", "personne"],
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("no contact \"personne\""), "{err}");
+
+    // Test send: queued for the pipeline; a reader may not; the address must fit.
+    let (code, _, err) = tocsin(
+        &api,
+        reader,
+        &["templates", "test-send", &sms, "--to", "+33700000001"],
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("may not send test messages"), "{err}");
+    let (code, _, err) = tocsin(
+        &api,
+        operator,
+        &["templates", "test-send", &sms, "--to", "moi@exemple.fr"],
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("(field: to)"), "{err}");
+    let (code, out, err) = tocsin(
+        &api,
+        operator,
+        &[
+            "templates",
+            "test-send",
+            &sms,
+            "--to",
+            "+33700000001",
+            "--version",
+            "1",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("test sms queued: campaign test-"), "{out}");
+    let jobs = stack::TopicReader::new(&config.kafka.topics.jobs.name)
+        .read_until::<v1::SendJob>(Duration::from_secs(30), |r| !r.is_empty())
+        .await;
+    let job = &jobs[0].event;
+    assert!(out.contains(&job.idempotency_key), "{out}");
+    assert_eq!(
+        job.contact.as_ref().map(|c| c.phone_e164.as_str()),
+        Some("+33700000001")
+    );
+
+    // Delete: gone from the list; a second delete finds nothing.
+    let (code, out, err) = tocsin(&api, operator, &["templates", "delete", &email]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), format!("template {email} deleted"));
+    let (_, out, _) = tocsin(&api, reader, &["templates", "list"]);
+    assert!(!out.contains(&email) && out.contains(&sms), "{out}");
+    let (code, _, err) = tocsin(&api, operator, &["templates", "delete", &email]);
+    assert_eq!(code, 2);
+    assert!(err.contains(&format!("no template \"{email}\"")), "{err}");
+    let (code, _, err) = tocsin(
+        "http://127.0.0.1:1",
+        operator,
+        &["templates", "delete", &sms],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot reach the API"), "{err}");
+
+    stop.cancel();
+    api_task.await.expect("join").expect("api");
+}

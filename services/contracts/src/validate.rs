@@ -138,6 +138,13 @@ impl Validate for v1::SendJob {
         required("idempotencyKey", &self.idempotency_key)?;
         channel("channel", self.channel)?;
         required("templateId", &self.template_id)?;
+        if self.template_version == 0 {
+            // A job renders the version its campaign pinned, never "whatever is latest".
+            return Err(ValidationError {
+                field: "templateVersion",
+                problem: "is required (the version pinned when the campaign was scheduled)",
+            });
+        }
         let contact = self.contact.as_ref().ok_or(ValidationError {
             field: "contact",
             problem: "is required",

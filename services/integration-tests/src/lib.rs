@@ -10,5 +10,6 @@
 //! - `tests/`: the bus (round trip, rebalance, at-least-once across SIGKILL, dead letters,
 //!   broker restart) and the configuration layers.
 
+pub mod mail;
 pub mod relay;
 pub mod stack;

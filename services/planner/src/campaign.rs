@@ -12,6 +12,10 @@
 //! instance agree on the state at every moment. Cancel takes effect when the script
 //! returns: the dispatcher checks the state before publishing each job.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
 use prost::Message;
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
@@ -136,6 +140,46 @@ pub async fn load(conn: &mut ConnectionManager, id: &str) -> RedisResult<Option<
 pub async fn state(conn: &mut ConnectionManager, id: &str) -> RedisResult<Option<State>> {
     let s: Option<String> = conn.hget(keys::campaign(id), "state").await?;
     Ok(s.as_deref().and_then(State::parse))
+}
+
+/// Campaign states, read through a short cache: what the renderer and the sender ask of
+/// every message. A cancel or a pause reaches them within the TTL, and a million messages
+/// of one campaign cost one Redis read per TTL, not a million.
+#[derive(Debug)]
+pub struct StateCache {
+    ttl: Duration,
+    known: Mutex<HashMap<String, (Instant, Option<State>)>>,
+}
+
+impl StateCache {
+    pub fn new(ttl: Duration) -> Self {
+        StateCache {
+            ttl,
+            known: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub async fn get(
+        &self,
+        conn: &mut ConnectionManager,
+        id: &str,
+    ) -> redis::RedisResult<Option<State>> {
+        if let Ok(known) = self.known.lock()
+            && let Some((at, state)) = known.get(id)
+            && at.elapsed() < self.ttl
+        {
+            return Ok(*state);
+        }
+        let state = state(conn, id).await?;
+        if let Ok(mut known) = self.known.lock() {
+            if known.len() > 10_000 {
+                let ttl = self.ttl;
+                known.retain(|_, (at, _)| at.elapsed() < ttl);
+            }
+            known.insert(id.to_owned(), (Instant::now(), state));
+        }
+        Ok(state)
+    }
 }
 
 /// A requested transition.

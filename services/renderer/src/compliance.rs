@@ -5,9 +5,11 @@
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 
 use crate::render::EmailParts;
 use crate::tokens::{Claims, Purpose, Signer, TokenError};
+use crate::tracking::Recipient;
 
 /// A sender identity, from configuration (`[renderer.sender_profiles.NAME]`).
 #[derive(Debug, Clone, Deserialize)]
@@ -86,16 +88,25 @@ pub fn unsubscribe_url(
     ))
 }
 
+/// A Message-ID unique to one message and stable across its redeliveries: derived from the
+/// job's idempotency key (one key per campaign, contact and channel), so a message rendered
+/// twice after a crash keeps its id and a duplicate can be recognised downstream.
+pub fn message_id(idempotency_key: &str, domain: &str) -> String {
+    let digest = Sha256::digest(idempotency_key.as_bytes());
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("<{hex}@{domain}>")
+}
+
 /// Adds the headers, the Message-ID and the footer to rendered parts.
 pub fn email(
     parts: EmailParts,
     profile: &SenderProfile,
     signer: &Signer,
-    campaign_id: &str,
-    contact_id: &str,
+    who: Recipient<'_>,
+    idempotency_key: &str,
     locale: &str,
 ) -> Result<CompliantEmail, TokenError> {
-    let url = unsubscribe_url(profile, signer, campaign_id, contact_id)?;
+    let url = unsubscribe_url(profile, signer, who.campaign_id, who.contact_id)?;
     let token = url.rsplit('/').next().unwrap_or_default();
     let headers = vec![
         (
@@ -135,7 +146,7 @@ pub fn email(
             html,
             text,
         },
-        message_id: format!("<{}@{}>", uuid::Uuid::now_v7(), profile.message_id_domain),
+        message_id: message_id(idempotency_key, &profile.message_id_domain),
         headers,
         unsubscribe_url: url,
     })
@@ -205,10 +216,43 @@ mod tests {
         }
     }
 
+    fn who(contact_id: &str) -> Recipient<'_> {
+        Recipient {
+            campaign_id: "cmp-1",
+            contact_id,
+            channel: "email",
+        }
+    }
+
     #[test]
     fn rfc_8058_headers_and_a_unique_message_id() {
-        let a = email(parts(), &profile(), &signer(), "cmp-1", "c-1", "fr").expect("compliant");
-        let b = email(parts(), &profile(), &signer(), "cmp-1", "c-1", "fr").expect("compliant");
+        let a = email(
+            parts(),
+            &profile(),
+            &signer(),
+            who("c-1"),
+            "cmp-1:c-1:email",
+            "fr",
+        )
+        .expect("compliant");
+        let again = email(
+            parts(),
+            &profile(),
+            &signer(),
+            who("c-1"),
+            "cmp-1:c-1:email",
+            "fr",
+        )
+        .expect("compliant");
+        let b = email(
+            parts(),
+            &profile(),
+            &signer(),
+            who("c-2"),
+            "cmp-1:c-2:email",
+            "fr",
+        )
+        .expect("compliant");
         let header = |name: &str| {
             a.headers
                 .iter()
@@ -232,12 +276,18 @@ mod tests {
             (Purpose::Unsubscribe, "c-1")
         );
         assert!(a.message_id.starts_with('<') && a.message_id.ends_with("@parti-exemple.fr>"));
-        assert_ne!(a.message_id, b.message_id);
+        assert_eq!(a.message_id.len(), "<@parti-exemple.fr>".len() + 32);
+        assert_ne!(a.message_id, b.message_id, "one id per message");
+        assert_eq!(
+            a.message_id, again.message_id,
+            "a redelivered job keeps its id"
+        );
     }
 
     #[test]
     fn the_footer_names_the_sender_the_data_origin_and_the_link() {
-        let fr = email(parts(), &profile(), &signer(), "cmp-1", "c-1", "fr-FR").expect("compliant");
+        let fr =
+            email(parts(), &profile(), &signer(), who("c-1"), "k", "fr-FR").expect("compliant");
         let footer_at = fr.parts.html.find("<hr>").expect("footer");
         assert!(
             footer_at < fr.parts.html.find("</body>").expect("body end"),
@@ -258,7 +308,7 @@ mod tests {
         );
         let mut html_only = parts();
         html_only.text = None;
-        let en = email(html_only, &profile(), &signer(), "cmp-1", "c-1", "en").expect("compliant");
+        let en = email(html_only, &profile(), &signer(), who("c-1"), "k", "en").expect("compliant");
         assert!(en.parts.html.contains("Unsubscribe</a>"));
         let text = en.parts.text.expect("derived from the HTML");
         assert!(text.starts_with("Bonjour\n\n--\nParti Exemple"), "{text}");

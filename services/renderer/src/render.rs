@@ -6,12 +6,13 @@
 //! (`{{default first_name "à toi"}}`) or tested it (`{{#if first_name}}`). A template
 //! version is compiled once; rendering never parses.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, VecDeque};
 
 use chrono::{DateTime, Datelike, Timelike};
 use chrono_tz::Tz;
 use handlebars::{
-    Context, Handlebars, Helper, HelperResult, Output, RenderContext, RenderErrorReason,
+    Context, Handlebars, Helper, HelperDef, RenderContext, RenderError, RenderErrorReason,
+    ScopedJson,
 };
 use serde_json::{Map, Value};
 use tocsin_contracts::v1;
@@ -41,7 +42,9 @@ pub struct EmailParts {
 pub struct Engine {
     html: Handlebars<'static>,
     plain: Handlebars<'static>,
-    compiled: HashSet<(String, u32)>,
+    /// Compiled versions and their registered names, oldest first.
+    compiled: VecDeque<((String, u32), Vec<String>)>,
+    capacity: usize,
 }
 
 impl std::fmt::Debug for Engine {
@@ -61,42 +64,96 @@ fn name(t: &TemplateVersion, locale: &str, part: &str) -> String {
 }
 
 impl Engine {
+    /// An engine that keeps every version it compiles.
     pub fn new() -> Self {
+        Self::with_capacity(usize::MAX)
+    }
+
+    /// An engine that keeps at most `capacity` versions compiled, dropping the oldest.
+    pub fn with_capacity(capacity: usize) -> Self {
         let mut html = Handlebars::new();
         let mut plain = Handlebars::new();
         plain.register_escape_fn(handlebars::no_escape);
         for registry in [&mut html, &mut plain] {
             registry.set_strict_mode(true);
-            registry.register_helper("default", Box::new(default_helper));
-            registry.register_helper("number", Box::new(number_helper));
-            registry.register_helper("date", Box::new(date_helper));
+            registry.register_helper("default", Box::new(ValueHelper(default_helper)));
+            registry.register_helper("number", Box::new(ValueHelper(number_helper)));
+            registry.register_helper("date", Box::new(ValueHelper(date_helper)));
         }
         Engine {
             html,
             plain,
-            compiled: HashSet::new(),
+            compiled: VecDeque::new(),
+            capacity: capacity.max(1),
         }
+    }
+
+    /// How many versions stay compiled.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Whether a version is compiled (rendering it needs no [`Engine::prepare`]).
+    pub fn is_prepared(&self, id: &str, version: u32) -> bool {
+        self.compiled
+            .iter()
+            .any(|((i, v), _)| i == id && *v == version)
     }
 
     /// Compiles a version's parts, once.
     pub fn prepare(&mut self, t: &TemplateVersion) -> Result<(), RenderFailure> {
-        if self.compiled.contains(&(t.id.clone(), t.version)) {
+        if self.is_prepared(&t.id, t.version) {
             return Ok(());
         }
-        for (locale, content) in &t.draft.variants {
+        let mut names = Vec::new();
+        let mut result = Ok(());
+        'parts: for (locale, content) in &t.draft.variants {
             for (part, source) in content.parts() {
                 let registry = if part == "html" {
                     &mut self.html
                 } else {
                     &mut self.plain
                 };
-                registry
-                    .register_template_string(&name(t, locale, part), source)
-                    .map_err(|e| RenderFailure::Render(e.to_string()))?;
+                let name = name(t, locale, part);
+                if let Err(e) = registry.register_template_string(&name, source) {
+                    result = Err(RenderFailure::Render(e.to_string()));
+                    break 'parts;
+                }
+                names.push(name);
+            }
+            // No text part: derive one from the HTML *template*, once, rather than from
+            // every rendered HTML body. Expressions are text to the converter and come
+            // through unchanged; if the result does not compile (an expression the
+            // conversion split), each render derives its text from its HTML instead.
+            if let Content::Email {
+                html, text: None, ..
+            } = content
+            {
+                let derived = crate::text::from_html(html);
+                let name = name(t, locale, "text");
+                if self.plain.register_template_string(&name, derived).is_ok() {
+                    names.push(name);
+                }
             }
         }
-        self.compiled.insert((t.id.clone(), t.version));
+        if result.is_err() {
+            self.unregister(&names);
+            return result;
+        }
+        if self.compiled.len() >= self.capacity
+            && let Some((_, old)) = self.compiled.pop_front()
+        {
+            self.unregister(&old);
+        }
+        self.compiled.push_back(((t.id.clone(), t.version), names));
         Ok(())
+    }
+
+    fn unregister(&mut self, names: &[String]) {
+        for name in names {
+            self.html.unregister_template(name);
+            self.plain.unregister_template(name);
+        }
     }
 
     fn render(
@@ -104,7 +161,7 @@ impl Engine {
         t: &TemplateVersion,
         locale: &str,
         part: &str,
-        data: &Value,
+        data: &Context,
     ) -> Result<String, RenderFailure> {
         let registry = if part == "html" {
             &self.html
@@ -112,7 +169,7 @@ impl Engine {
             &self.plain
         };
         registry
-            .render(&name(t, locale, part), data)
+            .render_with_context(&name(t, locale, part), data)
             .map_err(|e| match e.reason() {
                 RenderErrorReason::MissingVariable(Some(path)) => {
                     RenderFailure::MissingField(path.clone())
@@ -121,17 +178,17 @@ impl Engine {
             })
     }
 
+    /// Renders an e-mail's parts. `data` is what [`contact_data`] gives; it is wrapped
+    /// once for the three parts.
     pub fn render_email(
         &self,
         t: &TemplateVersion,
-        data: &Value,
+        data: Value,
         locale: &str,
     ) -> Result<EmailParts, RenderFailure> {
         let locale = choose_locale(t, locale);
-        let has_text = matches!(
-            t.draft.variants.get(&locale),
-            Some(Content::Email { text: Some(_), .. })
-        );
+        let data = &Context::from(data);
+        let has_text = self.plain.has_template(&name(t, &locale, "text"));
         Ok(EmailParts {
             subject: self.render(t, &locale, "subject", data)?,
             html: self.render(t, &locale, "html", data)?,
@@ -146,11 +203,11 @@ impl Engine {
     pub fn render_sms(
         &self,
         t: &TemplateVersion,
-        data: &Value,
+        data: Value,
         locale: &str,
     ) -> Result<String, RenderFailure> {
         let locale = choose_locale(t, locale);
-        self.render(t, &locale, "body", data)
+        self.render(t, &locale, "body", &Context::from(data))
     }
 }
 
@@ -197,6 +254,23 @@ pub fn contact_data(contact: &v1::Contact, extra: &BTreeMap<&str, Value>) -> Val
     Value::Object(map)
 }
 
+/// A helper that computes a value. Handlebars writes it like a variable: HTML-escaped in
+/// HTML parts (a fallback or a formatted value may hold contact data), as is elsewhere.
+/// A helper writing to the output itself would bypass escaping.
+struct ValueHelper(fn(&Helper<'_>, &Context) -> String);
+
+impl HelperDef for ValueHelper {
+    fn call_inner<'reg: 'rc, 'rc>(
+        &self,
+        h: &Helper<'rc>,
+        _: &'reg Handlebars<'reg>,
+        ctx: &'rc Context,
+        _: &mut RenderContext<'reg, 'rc>,
+    ) -> Result<ScopedJson<'rc>, RenderError> {
+        Ok(ScopedJson::Derived(Value::String((self.0)(h, ctx))))
+    }
+}
+
 fn is_blank(value: &Value) -> bool {
     match value {
         Value::Null => true,
@@ -206,26 +280,18 @@ fn is_blank(value: &Value) -> bool {
 }
 
 /// `{{default value "fallback"}}`: the value, or the fallback when it is missing or empty.
-fn default_helper(
-    h: &Helper<'_>,
-    _: &Handlebars<'_>,
-    _: &Context,
-    _: &mut RenderContext<'_, '_>,
-    out: &mut dyn Output,
-) -> HelperResult {
+fn default_helper(h: &Helper<'_>, _: &Context) -> String {
     let value = h.param(0).map(|p| p.value().clone()).unwrap_or(Value::Null);
     let chosen = if is_blank(&value) {
         h.param(1).map(|p| p.value().clone()).unwrap_or(Value::Null)
     } else {
         value
     };
-    let text = match chosen {
+    match chosen {
         Value::String(s) => s,
         Value::Null => String::new(),
         other => other.to_string(),
-    };
-    out.write(&text)?;
-    Ok(())
+    }
 }
 
 fn locale_of(ctx: &Context) -> String {
@@ -234,13 +300,7 @@ fn locale_of(ctx: &Context) -> String {
 
 /// `{{number value}}` or `{{number value 2}}`: grouped by thousands in the contact's
 /// locale (French: narrow no-break space and a decimal comma; English: comma and point).
-fn number_helper(
-    h: &Helper<'_>,
-    _: &Handlebars<'_>,
-    ctx: &Context,
-    _: &mut RenderContext<'_, '_>,
-    out: &mut dyn Output,
-) -> HelperResult {
+fn number_helper(h: &Helper<'_>, ctx: &Context) -> String {
     let value = h.param(0).map(|p| p.value().clone()).unwrap_or(Value::Null);
     let n = match &value {
         Value::Number(n) => n.as_f64(),
@@ -248,19 +308,17 @@ fn number_helper(
         _ => None,
     };
     let Some(n) = n else {
-        out.write(&match value {
+        return match value {
             Value::String(s) => s,
             _ => String::new(),
-        })?;
-        return Ok(());
+        };
     };
     let decimals = h
         .param(1)
         .and_then(|p| p.value().as_u64())
         .unwrap_or(0)
         .min(6) as usize;
-    out.write(&format_number(n, decimals, &locale_of(ctx)))?;
-    Ok(())
+    format_number(n, decimals, &locale_of(ctx))
 }
 
 pub fn format_number(n: f64, decimals: usize, locale: &str) -> String {
@@ -292,13 +350,7 @@ pub fn format_number(n: f64, decimals: usize, locale: &str) -> String {
 
 /// `{{date value}}`: an RFC 3339 instant as a date and time in the contact's time zone and
 /// language (`samedi 5 décembre 2026 à 10h00`, `Saturday 5 December 2026 at 10:00`).
-fn date_helper(
-    h: &Helper<'_>,
-    _: &Handlebars<'_>,
-    ctx: &Context,
-    _: &mut RenderContext<'_, '_>,
-    out: &mut dyn Output,
-) -> HelperResult {
+fn date_helper(h: &Helper<'_>, ctx: &Context) -> String {
     let raw = h
         .param(0)
         .and_then(|p| p.value().as_str())
@@ -309,10 +361,9 @@ fn date_helper(
         .and_then(|z| z.parse().ok())
         .unwrap_or(chrono_tz::Europe::Paris);
     match DateTime::parse_from_rfc3339(&raw) {
-        Ok(t) => out.write(&format_date(t.with_timezone(&zone), &locale_of(ctx)))?,
-        Err(_) => out.write(&raw)?,
+        Ok(t) => format_date(t.with_timezone(&zone), &locale_of(ctx)),
+        Err(_) => raw,
     }
-    Ok(())
 }
 
 pub fn format_date(t: DateTime<Tz>, locale: &str) -> String {

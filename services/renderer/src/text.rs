@@ -71,7 +71,7 @@ pub fn from_html(html: &str) -> String {
     tidy(&out)
 }
 
-fn attribute(tag: &str, name: &str) -> Option<String> {
+pub(crate) fn attribute(tag: &str, name: &str) -> Option<String> {
     let lower = tag.to_ascii_lowercase();
     let at = lower.find(&format!("{name}="))? + name.len() + 1;
     let value = &tag[at..];
@@ -84,8 +84,11 @@ fn attribute(tag: &str, name: &str) -> Option<String> {
 
 fn push_text(out: &mut String, raw: &str) {
     let text = decode(raw);
-    for word in text.split_whitespace() {
-        if !out.is_empty() && !out.ends_with(['\n', ' ']) {
+    for (i, word) in text.split_whitespace().enumerate() {
+        // Text right after an inline tag continues its word (`<b>Lyon</b>.`): a space only
+        // where the HTML has one.
+        let spaced = i > 0 || text.starts_with(char::is_whitespace);
+        if spaced && !out.is_empty() && !out.ends_with(['\n', ' ']) {
             out.push(' ');
         }
         out.push_str(word);
@@ -104,18 +107,55 @@ fn newline(out: &mut String) {
     }
 }
 
-fn decode(s: &str) -> String {
+/// Decodes the entities an HTML body holds: the named ones templates and Handlebars use,
+/// and every numeric one (`&#39;`, `&#x3D;`). Anything else is left as written.
+pub(crate) fn decode(s: &str) -> String {
     if !s.contains('&') {
         return s.to_owned();
     }
-    s.replace("&nbsp;", "\u{a0}")
-        .replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&quot;", "\"")
-        .replace("&#39;", "'")
-        .replace("&rsquo;", "’")
-        .replace("&euro;", "€")
-        .replace("&amp;", "&")
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(amp) = rest.find('&') {
+        out.push_str(&rest[..amp]);
+        rest = &rest[amp..];
+        let entity = rest[1..]
+            .find(';')
+            .filter(|&end| end <= 10)
+            .map(|end| &rest[1..=end]);
+        let decoded = entity.and_then(|name| match name {
+            "amp" => Some('&'),
+            "lt" => Some('<'),
+            "gt" => Some('>'),
+            "quot" => Some('"'),
+            "apos" => Some('\''),
+            "nbsp" => Some('\u{a0}'),
+            "rsquo" => Some('’'),
+            "lsquo" => Some('‘'),
+            "laquo" => Some('«'),
+            "raquo" => Some('»'),
+            "euro" => Some('€'),
+            _ => {
+                let number = name.strip_prefix('#')?;
+                let code = match number.strip_prefix(['x', 'X']) {
+                    Some(hex) => u32::from_str_radix(hex, 16).ok()?,
+                    None => number.parse().ok()?,
+                };
+                char::from_u32(code)
+            }
+        });
+        match (entity, decoded) {
+            (Some(name), Some(c)) => {
+                out.push(c);
+                rest = &rest[name.len() + 2..];
+            }
+            _ => {
+                out.push('&');
+                rest = &rest[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 fn tidy(s: &str) -> String {
@@ -154,6 +194,22 @@ mod tests {
         assert_eq!(
             from_html(html),
             "Rentrée militante\n\nBonjour Camille,\non compte sur vous !\n\n- Samedi : l'agenda (https://exemple.fr/agenda?a=1&b=2)\n- Dimanche & lundi\n\nhttps://exemple.fr"
+        );
+    }
+
+    #[test]
+    fn inline_tags_do_not_split_words() {
+        assert_eq!(
+            from_html("<p>Rendez-vous à <b>Lyon</b>. <i>Vite</i> !</p><p>x<span>y</span></p>"),
+            "Rendez-vous à Lyon. Vite !\n\nxy"
+        );
+    }
+
+    #[test]
+    fn numeric_and_named_entities_decode_and_strays_stay() {
+        assert_eq!(
+            decode("a&#x3D;1&amp;b&#61;2 &#39;x&#x27; &laquo;oui&raquo; AT&T &unknown; &#xZZ;"),
+            "a=1&b=2 'x' «oui» AT&T &unknown; &#xZZ;"
         );
     }
 

@@ -8,7 +8,8 @@
 //!   reported (refused in strict mode).
 //! - [`store`]: versions in Redis (`t:tpl:ID` hash: `latest`, `v1`, `v2`, ...; `t:tpls`
 //!   lists the ids). A new upload is a new version; campaigns pin the version they were
-//!   scheduled with.
+//!   scheduled with. A delete is soft: the template leaves the list and has no latest
+//!   version any more, but its versions stay for the jobs that pin them.
 
 pub mod model;
 pub mod store;

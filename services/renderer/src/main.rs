@@ -1,0 +1,14 @@
+//! `tocsin-renderer`: see the crate documentation.
+
+use anyhow::Context;
+use tocsin_renderer::Config;
+use tocsin_runtime::ConfigLoader;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config: Config = ConfigLoader::from_process(Some(tocsin_renderer::config::DEFAULTS))
+        .load()
+        .context("loading configuration")?;
+    tocsin_runtime::telemetry::init(&config.log).map_err(anyhow::Error::msg)?;
+    tocsin_renderer::run(config, tocsin_runtime::shutdown::signal()).await
+}

@@ -1,0 +1,211 @@
+//! The sender: rendered messages to real providers, as fast as each provider allows and
+//! never twice.
+//!
+//! # Layout
+//! - [`config`]: `[sender]` settings: providers (with their API settings and limits),
+//!   routes, budgets, retries, circuit breakers.
+//! - [`service`]: the `tocsin.outbound.*` handler: campaign state, expiry, ledger,
+//!   attempts, feedback.
+//! - [`ledger`]: the send ledger in Redis, and the one window in which a duplicate is still
+//!   possible.
+//! - [`throttle`]: provider budgets shared through Redis (GCRA), or local (governor); slow
+//!   down on 429, recover gradually.
+//! - [`routing`]: which provider takes a message; failover by priority.
+//! - [`breaker`]: a circuit breaker per provider.
+//! - [`providers`]: the provider trait and its implementations (SMTP with DKIM; SendGrid,
+//!   Brevo, Twilio, a signed webhook).
+//! - [`metrics`]: Prometheus metrics.
+
+pub mod breaker;
+pub mod config;
+pub mod ledger;
+pub mod metrics;
+pub mod providers;
+pub mod routing;
+pub mod service;
+pub mod throttle;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tocsin_bus::admin;
+use tocsin_bus::consumer::ConsumerSpec;
+use tocsin_bus::{BusMetrics, Producer};
+use tocsin_runtime::http;
+use tocsin_runtime::readiness::redis_client;
+
+pub use config::Config;
+
+use crate::config::{ChannelName, ProviderApi, SenderConfig};
+use crate::providers::Provider;
+use crate::routing::{Entry, Router};
+
+/// Builds every configured provider.
+pub fn build_providers(config: &SenderConfig) -> anyhow::Result<Vec<Entry>> {
+    let mut entries = Vec::new();
+    for (name, p) in &config.providers {
+        use providers::{brevo, sendgrid, smtp, twilio, webhook};
+        let context = || format!("provider {name}");
+        let (provider, serves): (Box<dyn Provider>, &[ChannelName]) = match &p.api {
+            ProviderApi::Smtp(c) => (
+                Box::new(smtp::SmtpProvider::new(name, c).with_context(context)?),
+                &[ChannelName::Email],
+            ),
+            ProviderApi::Sendgrid(c) => (
+                Box::new(sendgrid::SendGridProvider::new(name, c).with_context(context)?),
+                &[ChannelName::Email],
+            ),
+            ProviderApi::Brevo(c) => (
+                Box::new(brevo::BrevoProvider::new(name, c).with_context(context)?),
+                &[ChannelName::Email, ChannelName::Sms],
+            ),
+            ProviderApi::Twilio(c) => (
+                Box::new(twilio::TwilioProvider::new(name, c).with_context(context)?),
+                &[ChannelName::Sms],
+            ),
+            ProviderApi::Webhook(c) => (
+                Box::new(webhook::WebhookProvider::new(name, c).with_context(context)?),
+                &[ChannelName::Email, ChannelName::Sms],
+            ),
+        };
+        anyhow::ensure!(
+            serves.contains(&p.channel),
+            "provider {name} cannot send {}",
+            p.channel.as_str()
+        );
+        entries.push(Entry {
+            name: name.clone(),
+            channel: p.channel,
+            provider,
+            rate: p.rate,
+            identity_rate: p.identity_rate,
+            breaker: breaker::Breaker::new(config.breaker),
+            in_flight: tokio::sync::Semaphore::new(p.max_in_flight.max(1) as usize),
+        });
+    }
+    Ok(entries)
+}
+
+/// Runs the sender until `shutdown`: consumes `tocsin.outbound.email` and
+/// `tocsin.outbound.sms`, sends, publishes feedback; then finishes or gives back in-flight
+/// messages and commits.
+pub async fn run(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let shutdown = tocsin_runtime::shutdown::token(shutdown);
+    let registry = prometheus::Registry::new();
+    let bus_metrics = BusMetrics::register(&registry)?;
+    let metrics = metrics::SenderMetrics::register(&registry)?;
+    let topics = config.kafka.topics.clone();
+    admin::ensure_topics(
+        &config.kafka,
+        &[
+            &topics.outbound_email,
+            &topics.outbound_sms,
+            &topics.feedback,
+            &topics.dlq,
+        ],
+    )
+    .await
+    .context("creating topics")?;
+    let instance = if config.sender.instance.is_empty() {
+        format!("sender-{}", std::process::id())
+    } else {
+        config.sender.instance.clone()
+    };
+    let router = Router::new(&config.sender, build_providers(&config.sender)?)?;
+    let producer = Producer::new(&config.kafka, &instance, bus_metrics.clone())?;
+    let redis = redis::aio::ConnectionManager::new(redis_client(&config.redis)?)
+        .await
+        .context("connecting to Redis")?;
+    let ledger = ledger::Ledger::new(
+        redis.clone(),
+        &instance,
+        config.sender.claim_stale_ms,
+        config.sender.ledger_ttl_s.saturating_mul(1000),
+    );
+    let heartbeat_ms = config.sender.heartbeat_ms.max(100);
+    ledger
+        .heartbeat(heartbeat_ms * 3)
+        .await
+        .context("sender heartbeat in Redis")?;
+
+    let checks = admin::readiness_checks(&config.kafka, &config.redis)?;
+    let (address, server) = http::spawn(
+        &config.http.listen,
+        http::ops_router(registry, checks),
+        shutdown.clone(),
+    )
+    .await?;
+    tracing::info!(%address, instance, "sender listening");
+
+    let sender = Arc::new(service::Sender {
+        throttle: throttle::Throttle::new(
+            config.sender.throttle.clone(),
+            redis.clone(),
+            throttle::Clock::Redis,
+        ),
+        states: tocsin_planner::campaign::StateCache::new(Duration::from_millis(
+            config.sender.campaign_state_ttl_ms,
+        )),
+        config: config.sender.clone(),
+        router,
+        ledger: ledger.clone(),
+        redis,
+        producer: producer.clone(),
+        topics: topics.clone(),
+        metrics,
+        shutdown: shutdown.clone(),
+    });
+    for entry in sender.router.entries() {
+        sender
+            .metrics
+            .circuit
+            .with_label_values(&[&entry.name])
+            .set(entry.breaker.state().gauge());
+    }
+
+    let heartbeat = tokio::spawn({
+        let ledger = ledger.clone();
+        let shutdown = shutdown.clone();
+        async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(heartbeat_ms)) => {}
+                    _ = shutdown.cancelled() => break,
+                }
+                if let Err(error) = ledger.heartbeat(heartbeat_ms * 3).await {
+                    tracing::warn!(%error, "sender heartbeat failed");
+                }
+            }
+        }
+    });
+
+    let consumer = tocsin_bus::spawn_consumer(
+        &config.kafka,
+        ConsumerSpec {
+            group_id: config.sender.group_id.clone(),
+            client_id: instance,
+            topics: vec![
+                topics.outbound_email.name.clone(),
+                topics.outbound_sms.name.clone(),
+            ],
+            dlq_topic: topics.dlq.name.clone(),
+        },
+        Arc::new(service::OutboundHandler { sender }),
+        producer,
+        bus_metrics,
+        shutdown.clone(),
+    );
+    let consumed = consumer.await;
+    shutdown.cancel();
+    heartbeat.await?;
+    if let Err(error) = ledger.leave().await {
+        tracing::warn!(%error, "could not mark this sender gone; its claims expire on their own");
+    }
+    server.await??;
+    consumed??;
+    Ok(())
+}
