@@ -17,6 +17,7 @@
 //! - [`consumer`]: the at-least-once consume loop, the [`Handler`] trait, dead-lettering.
 //! - [`offsets`]: which offset of a partition may be stored, given what is still in flight.
 //! - [`metrics`]: Prometheus counters and histograms of the above.
+//! - [`service`]: what every service starts with (topics, producer, Redis, ops server).
 
 pub mod admin;
 pub mod config;
@@ -25,6 +26,7 @@ pub mod headers;
 pub mod metrics;
 pub mod offsets;
 pub mod producer;
+pub mod service;
 
 pub use config::{KafkaConfig, TopicSpec, Topics};
 pub use consumer::{HandleError, Handler, Inbound, run_consumer, spawn_consumer};

@@ -29,12 +29,8 @@ pub mod store;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
-use tocsin_bus::admin;
 use tocsin_bus::consumer::ConsumerSpec;
-use tocsin_bus::{BusMetrics, Producer};
-use tocsin_runtime::http;
-use tocsin_runtime::readiness::redis_client;
+use tocsin_bus::service::{Base, Spec};
 
 pub use config::Config;
 
@@ -45,40 +41,34 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let shutdown = tocsin_runtime::shutdown::token(shutdown);
-    let registry = prometheus::Registry::new();
-    let bus_metrics = BusMetrics::register(&registry)?;
-    let metrics = metrics::PlannerMetrics::register(&registry)?;
     let topics = config.kafka.topics.clone();
-    admin::ensure_topics(
-        &config.kafka,
-        &[
-            &topics.segments,
-            &topics.campaigns,
-            &topics.jobs,
-            &topics.feedback,
-            &topics.dlq,
-        ],
-    )
-    .await
-    .context("creating topics")?;
-    let instance = if config.planner.instance.is_empty() {
-        format!("planner-{}", std::process::id())
-    } else {
-        config.planner.instance.clone()
-    };
-    let producer = Producer::new(&config.kafka, &instance, bus_metrics.clone())?;
-    let redis = redis::aio::ConnectionManager::new(redis_client(&config.redis)?)
-        .await
-        .context("connecting to Redis")?;
-
-    let checks = admin::readiness_checks(&config.kafka, &config.redis)?;
-    let (address, server) = http::spawn(
-        &config.http.listen,
-        http::ops_router(registry, checks),
-        shutdown.clone(),
+    let base = Base::start(
+        Spec {
+            service: "planner",
+            instance: &config.planner.instance,
+            kafka: &config.kafka,
+            redis: &config.redis,
+            http: &config.http,
+            topics: &[
+                &topics.segments,
+                &topics.campaigns,
+                &topics.jobs,
+                &topics.feedback,
+                &topics.dlq,
+            ],
+        },
+        &shutdown,
     )
     .await?;
-    tracing::info!(%address, instance, "planner listening");
+    let metrics = metrics::PlannerMetrics::register(&base.registry)?;
+    let Base {
+        bus_metrics,
+        producer,
+        redis,
+        instance,
+        server,
+        ..
+    } = base;
 
     let hasher = store::AddressHasher::new(config.planner.suppression_key.clone());
     let planner = Arc::new(engine::Planner {

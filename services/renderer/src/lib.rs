@@ -32,12 +32,8 @@ pub mod tracking;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
-use tocsin_bus::admin;
 use tocsin_bus::consumer::ConsumerSpec;
-use tocsin_bus::{BusMetrics, Producer};
-use tocsin_runtime::http;
-use tocsin_runtime::readiness::redis_client;
+use tocsin_bus::service::{Base, Spec};
 
 pub use config::Config;
 
@@ -58,40 +54,34 @@ pub async fn run(
             compose::DEFAULT_PROFILE
         );
     }
-    let registry = prometheus::Registry::new();
-    let bus_metrics = BusMetrics::register(&registry)?;
-    let metrics = metrics::RendererMetrics::register(&registry)?;
     let topics = config.kafka.topics.clone();
-    admin::ensure_topics(
-        &config.kafka,
-        &[
-            &topics.jobs,
-            &topics.outbound_email,
-            &topics.outbound_sms,
-            &topics.feedback,
-            &topics.dlq,
-        ],
-    )
-    .await
-    .context("creating topics")?;
-    let instance = if config.renderer.instance.is_empty() {
-        format!("renderer-{}", std::process::id())
-    } else {
-        config.renderer.instance.clone()
-    };
-    let producer = Producer::new(&config.kafka, &instance, bus_metrics.clone())?;
-    let redis = redis::aio::ConnectionManager::new(redis_client(&config.redis)?)
-        .await
-        .context("connecting to Redis")?;
-
-    let checks = admin::readiness_checks(&config.kafka, &config.redis)?;
-    let (address, server) = http::spawn(
-        &config.http.listen,
-        http::ops_router(registry, checks),
-        shutdown.clone(),
+    let base = Base::start(
+        Spec {
+            service: "renderer",
+            instance: &config.renderer.instance,
+            kafka: &config.kafka,
+            redis: &config.redis,
+            http: &config.http,
+            topics: &[
+                &topics.jobs,
+                &topics.outbound_email,
+                &topics.outbound_sms,
+                &topics.feedback,
+                &topics.dlq,
+            ],
+        },
+        &shutdown,
     )
     .await?;
-    tracing::info!(%address, instance, "renderer listening");
+    let metrics = metrics::RendererMetrics::register(&base.registry)?;
+    let Base {
+        bus_metrics,
+        producer,
+        redis,
+        instance,
+        server,
+        ..
+    } = base;
 
     let handler = service::JobsHandler {
         composer: Arc::new(compose::Composer::new(&config.renderer)),

@@ -29,11 +29,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tocsin_bus::admin;
+
 use tocsin_bus::consumer::ConsumerSpec;
-use tocsin_bus::{BusMetrics, Producer};
-use tocsin_runtime::http;
-use tocsin_runtime::readiness::redis_client;
+use tocsin_bus::service::{Base, Spec};
 
 pub use config::Config;
 
@@ -95,31 +93,34 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let shutdown = tocsin_runtime::shutdown::token(shutdown);
-    let registry = prometheus::Registry::new();
-    let bus_metrics = BusMetrics::register(&registry)?;
-    let metrics = metrics::SenderMetrics::register(&registry)?;
     let topics = config.kafka.topics.clone();
-    admin::ensure_topics(
-        &config.kafka,
-        &[
-            &topics.outbound_email,
-            &topics.outbound_sms,
-            &topics.feedback,
-            &topics.dlq,
-        ],
-    )
-    .await
-    .context("creating topics")?;
-    let instance = if config.sender.instance.is_empty() {
-        format!("sender-{}", std::process::id())
-    } else {
-        config.sender.instance.clone()
-    };
     let router = Router::new(&config.sender, build_providers(&config.sender)?)?;
-    let producer = Producer::new(&config.kafka, &instance, bus_metrics.clone())?;
-    let redis = redis::aio::ConnectionManager::new(redis_client(&config.redis)?)
-        .await
-        .context("connecting to Redis")?;
+    let base = Base::start(
+        Spec {
+            service: "sender",
+            instance: &config.sender.instance,
+            kafka: &config.kafka,
+            redis: &config.redis,
+            http: &config.http,
+            topics: &[
+                &topics.outbound_email,
+                &topics.outbound_sms,
+                &topics.feedback,
+                &topics.dlq,
+            ],
+        },
+        &shutdown,
+    )
+    .await?;
+    let metrics = metrics::SenderMetrics::register(&base.registry)?;
+    let Base {
+        bus_metrics,
+        producer,
+        redis,
+        instance,
+        server,
+        ..
+    } = base;
     let ledger = ledger::Ledger::new(
         redis.clone(),
         &instance,
@@ -131,15 +132,6 @@ pub async fn run(
         .heartbeat(heartbeat_ms * 3)
         .await
         .context("sender heartbeat in Redis")?;
-
-    let checks = admin::readiness_checks(&config.kafka, &config.redis)?;
-    let (address, server) = http::spawn(
-        &config.http.listen,
-        http::ops_router(registry, checks),
-        shutdown.clone(),
-    )
-    .await?;
-    tracing::info!(%address, instance, "sender listening");
 
     let sender = Arc::new(service::Sender {
         throttle: throttle::Throttle::new(

@@ -53,7 +53,7 @@ async fn a_killed_sender_loses_nothing_and_repeats_nothing_outside_the_window() 
         },
     );
     let standin = support::StandIn::start(standin_config).await;
-    let mut extra = support::http_provider("twilio_a", "twilio", "sms", &standin.base, None);
+    let mut extra = support::http_provider("twilio_a", "twilio", "sms", standin.base(), None);
     extra.extend(support::smtp_provider("smtp_a", None));
     extra.push((
         "TOCSIN__SENDER__ROUTES".into(),

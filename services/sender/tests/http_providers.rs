@@ -2,7 +2,6 @@
 //! each client sends, every error mapping, and the stand-ins' own duplicate counting,
 //! fault rates and Twilio status-callback signatures. Loopback only.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,11 +22,15 @@ use tocsin_standins::{
     Recorded,
 };
 
-/// A stand-in server for one test.
-struct StandIn {
-    base: String,
-    http: reqwest::Client,
-    _task: tokio::task::JoinHandle<()>,
+/// A stand-in server for one test, with the providers pointed at it.
+struct StandIn(tocsin_standins::client::Running);
+
+impl std::ops::Deref for StandIn {
+    type Target = tocsin_standins::client::Running;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 impl StandIn {
@@ -36,49 +39,23 @@ impl StandIn {
     }
 
     async fn with(config: Config) -> Self {
-        let (addr, task) = tocsin_standins::spawn(config)
-            .await
-            .expect("stand-in starts");
-        StandIn {
-            base: format!("http://{addr}"),
-            http: reqwest::Client::new(),
-            _task: task,
-        }
+        StandIn(
+            tocsin_standins::client::Running::start(config)
+                .await
+                .expect("stand-in starts"),
+        )
     }
 
     async fn messages(&self, api: Api) -> Vec<Recorded> {
-        self.http
-            .get(format!("{}/_standin/messages?provider={api}", self.base))
-            .send()
-            .await
-            .expect("messages")
-            .json()
-            .await
-            .expect("messages JSON")
+        self.0.messages(api).await.expect("messages")
     }
 
     async fn stats(&self, api: Api) -> ProviderStats {
-        let all: BTreeMap<Api, ProviderStats> = self
-            .http
-            .get(format!("{}/_standin/stats", self.base))
-            .send()
-            .await
-            .expect("stats")
-            .json()
-            .await
-            .expect("stats JSON");
-        all[&api].clone()
+        self.0.stats(api).await.expect("stats")
     }
 
     async fn faults(&self, api: Api, faults: Value) {
-        let response = self
-            .http
-            .post(format!("{}/_standin/faults/{api}", self.base))
-            .json(&faults)
-            .send()
-            .await
-            .expect("faults");
-        assert_eq!(response.status(), 200, "{:?}", response.text().await);
+        self.0.set_faults(api, &faults).await.expect("faults");
     }
 
     fn sendgrid(&self, key: &str, timeout_ms: u64) -> SendGridProvider {

@@ -31,12 +31,12 @@ fn sms_of(m: &Message) -> &v1::RenderedSms {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sms_reach_twilio_and_brevo_with_their_fields_auth_and_parts() {
     let standin = support::StandIn::start(tocsin_standins::Config::default()).await;
-    let mut extra = support::http_provider("twilio_a", "twilio", "sms", &standin.base, None);
+    let mut extra = support::http_provider("twilio_a", "twilio", "sms", standin.base(), None);
     extra.extend(support::http_provider(
         "brevo_eu",
         "brevo",
         "sms",
-        &standin.base,
+        standin.base(),
         None,
     ));
     extra.push((
@@ -151,7 +151,8 @@ async fn three_sender_processes_share_a_100_per_second_budget() {
         },
     );
     let standin = support::StandIn::start(standin_config).await;
-    let mut extra = support::http_provider("twilio_a", "twilio", "sms", &standin.base, Some(100.0));
+    let mut extra =
+        support::http_provider("twilio_a", "twilio", "sms", standin.base(), Some(100.0));
     extra.push((
         "TOCSIN__SENDER__ROUTES".into(),
         r#"[{channel = "sms", providers = [{name = "twilio_a"}]}]"#.into(),
@@ -221,7 +222,7 @@ async fn under_faults_every_message_ends_sent_or_failed_once() {
         ..Default::default()
     };
     let standin = support::StandIn::start(standin_config).await;
-    let mut extra = support::http_provider("grid", "sendgrid", "email", &standin.base, None);
+    let mut extra = support::http_provider("grid", "sendgrid", "email", standin.base(), None);
     extra.push((
         "TOCSIN__SENDER__ROUTES".into(),
         r#"[{channel = "email", providers = [{name = "grid"}]}]"#.into(),

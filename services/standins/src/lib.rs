@@ -41,6 +41,7 @@
 //! - [`control`]: `/_standin/messages`, `/stats`, `/reset`, `/faults`.
 //! - `sms`: SMS parts as providers count them; `ids`: provider-shaped ids.
 
+pub mod client;
 pub mod config;
 pub mod control;
 

@@ -331,46 +331,27 @@ pub fn http_provider(
 }
 
 /// A stand-in server for one test, and its read-back API.
-pub struct StandIn {
-    pub base: String,
-    http: reqwest::Client,
-    _task: tokio::task::JoinHandle<()>,
-}
+pub struct StandIn(tocsin_standins::client::Running);
 
 impl StandIn {
     pub async fn start(config: tocsin_standins::Config) -> Self {
-        let (addr, task) = tocsin_standins::spawn(config)
-            .await
-            .expect("stand-in starts");
-        StandIn {
-            base: format!("http://{addr}"),
-            http: reqwest::Client::new(),
-            _task: task,
-        }
+        StandIn(
+            tocsin_standins::client::Running::start(config)
+                .await
+                .expect("stand-in starts"),
+        )
+    }
+
+    pub fn base(&self) -> &str {
+        &self.0.base
     }
 
     pub async fn messages(&self, api: tocsin_standins::Provider) -> Vec<tocsin_standins::Recorded> {
-        self.http
-            .get(format!("{}/_standin/messages?provider={api}", self.base))
-            .send()
-            .await
-            .expect("messages")
-            .json()
-            .await
-            .expect("messages JSON")
+        self.0.messages(api).await.expect("messages")
     }
 
     pub async fn stats(&self, api: tocsin_standins::Provider) -> tocsin_standins::ProviderStats {
-        let all: BTreeMap<tocsin_standins::Provider, tocsin_standins::ProviderStats> = self
-            .http
-            .get(format!("{}/_standin/stats", self.base))
-            .send()
-            .await
-            .expect("stats")
-            .json()
-            .await
-            .expect("stats JSON");
-        all.get(&api).cloned().unwrap_or_default()
+        self.0.stats(api).await.expect("stats")
     }
 }
 
