@@ -1,7 +1,7 @@
 //! What one core renders per second, against the ceiling of doing nothing but copy.
 //!
 //! - `email/render`: a realistic campaign e-mail (about 10 KB of HTML, ten personalised
-//!   fields, five links rewritten for click tracking, the open pixel, the compliance
+//!   fields, ten links rewritten for click tracking, the open pixel, the compliance
 //!   parts), composed and encoded as the protobuf the renderer publishes.
 //! - `email/copy`: the same message pre-rendered, only cloned and encoded: the ceiling.
 //! - `sms/render` and `sms/copy`: likewise for a 300-character SMS.
