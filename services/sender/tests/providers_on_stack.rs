@@ -282,3 +282,174 @@ async fn under_faults_every_message_ends_sent_or_failed_once() {
     );
     assert!(retried > 0 && stats.rejected.server_error > 0 && stats.rejected.throttled > 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_provider_hands_its_traffic_over_and_gets_it_back_when_healthy() {
+    let standin_config = tocsin_standins::Config {
+        provider_faults: [(
+            Api::SendGrid,
+            Faults {
+                error_rate: 1.0,
+                ..Default::default()
+            },
+        )]
+        .into_iter()
+        .collect(),
+        ..Default::default()
+    };
+    let standin = support::StandIn::start(standin_config).await;
+    let mut extra = support::http_provider("grid", "sendgrid", "email", standin.base(), None);
+    extra.extend(support::http_provider(
+        "brevo_mail",
+        "brevo",
+        "email",
+        standin.base(),
+        None,
+    ));
+    extra.push((
+        "TOCSIN__SENDER__ROUTES".into(),
+        r#"[{channel = "email", providers = [{name = "grid", priority = 1}, {name = "brevo_mail", priority = 2}]}]"#
+            .into(),
+    ));
+    extra.push((
+        "TOCSIN__SENDER__BREAKER__FAILURE_THRESHOLD".into(),
+        "3".into(),
+    ));
+    extra.push(("TOCSIN__SENDER__BREAKER__OPEN_MS".into(), "1000".into()));
+    let config = support::config(&support::env("sender-failover", &extra));
+    let topics = topics(&config).await;
+    let run = stack::unique("failover");
+    let producer = stack::producer(&config.kafka);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let sender = tokio::spawn(tocsin_sender::run(config.clone(), async {
+        let _ = stopped.await;
+    }));
+    let reader = TopicReader::new(&topics.feedback.name);
+
+    // SendGrid fails every request: after three failures its circuit opens and Brevo,
+    // the next priority, takes the traffic.
+    let first = support::rendered(&format!("{run}-1"), v1::Channel::Email, 50, 3600);
+    support::publish(&producer, &topics, &first).await;
+    let feedback = reader
+        .read_until::<v1::Feedback>(Duration::from_secs(60), |r| r.len() >= 50)
+        .await;
+    assert!(
+        feedback
+            .iter()
+            .all(|f| f.event.kind() == v1::FeedbackKind::Sent)
+    );
+    assert!(feedback.iter().all(|f| f.event.provider == "brevo_mail"));
+    assert_eq!(standin.stats(Api::SendGrid).await.accepted, 0);
+    assert!(standin.stats(Api::SendGrid).await.rejected.server_error >= 3);
+
+    // SendGrid recovers: a probe after `open_ms` closes its circuit and the traffic
+    // returns to the first priority.
+    reqwest::Client::new()
+        .post(format!("{}/_standin/faults/sendgrid", standin.base()))
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .expect("faults")
+        .error_for_status()
+        .expect("faults accepted");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // One message is the probe (messages arriving while it is out go to Brevo)...
+    let probe = support::rendered(&format!("{run}-probe"), v1::Channel::Email, 1, 3600);
+    support::publish(&producer, &topics, &probe).await;
+    let probed = reader
+        .read_until::<v1::Feedback>(Duration::from_secs(30), |r| !r.is_empty())
+        .await;
+    assert_eq!(
+        probed[0].event.provider, "grid",
+        "the probe goes to the open provider"
+    );
+    // ...its success closes the circuit: the traffic is back on the first priority.
+    let second = support::rendered(&format!("{run}-2"), v1::Channel::Email, 50, 3600);
+    support::publish(&producer, &topics, &second).await;
+    let more = reader
+        .read_until::<v1::Feedback>(Duration::from_secs(60), |r| r.len() >= 50)
+        .await;
+    let _ = stop.send(());
+    sender.await.expect("task").expect("sender stopped cleanly");
+    assert!(
+        more.iter()
+            .all(|f| f.event.kind() == v1::FeedbackKind::Sent)
+    );
+    let back = more.iter().filter(|f| f.event.provider == "grid").count();
+    assert_eq!(back, 50, "the traffic returned to SendGrid");
+    assert_eq!(standin.stats(Api::SendGrid).await.accepted, 51);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_reply_or_an_invalid_number_ends_at_once_and_says_why() {
+    let standin = support::StandIn::start(tocsin_standins::Config::default()).await;
+    let mut extra = support::http_provider("twilio_a", "twilio", "sms", standin.base(), None);
+    extra.push((
+        "TOCSIN__SENDER__ROUTES".into(),
+        r#"[{channel = "sms", providers = [{name = "twilio_a"}]}]"#.into(),
+    ));
+    let config = support::config(&support::env("sender-permanent", &extra));
+    let topics = topics(&config).await;
+    let run = stack::unique("permanent");
+    let mut messages = support::rendered(&run, v1::Channel::Sms, 2, 3600);
+    // Twilio's documented test numbers: 21610 (replied STOP) and 21211 (invalid number).
+    for (m, number) in messages.iter_mut().zip(["+15005550004", "+15005550001"]) {
+        if let Message::Sms(s) = m {
+            s.to = number.into();
+        }
+    }
+    support::publish(&stack::producer(&config.kafka), &topics, &messages).await;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let sender = tokio::spawn(tocsin_sender::run(config.clone(), async {
+        let _ = stopped.await;
+    }));
+    let feedback = TopicReader::new(&topics.feedback.name)
+        .read_until::<v1::Feedback>(Duration::from_secs(60), |r| r.len() >= 3)
+        .await;
+    let _ = stop.send(());
+    sender.await.expect("task").expect("sender stopped cleanly");
+    let by_key = support::by_key(&feedback);
+    let stop_key = &sms_of(&messages[0])
+        .origin
+        .as_ref()
+        .expect("origin")
+        .idempotency_key;
+    let invalid_key = &sms_of(&messages[1])
+        .origin
+        .as_ref()
+        .expect("origin")
+        .idempotency_key;
+    let kinds = |key: &str| -> Vec<(v1::FeedbackKind, v1::Reason, u32)> {
+        by_key[key]
+            .iter()
+            .map(|f| (f.kind(), f.reason(), f.attempt))
+            .collect()
+    };
+    assert_eq!(
+        kinds(stop_key),
+        [
+            (v1::FeedbackKind::Failed, v1::Reason::RecipientOptedOut, 1),
+            (
+                v1::FeedbackKind::Unsubscribed,
+                v1::Reason::RecipientOptedOut,
+                0
+            ),
+        ],
+        "no retry; the planner is told to suppress the person"
+    );
+    let unsubscribed = by_key[stop_key.as_str()]
+        .iter()
+        .find(|f| f.kind() == v1::FeedbackKind::Unsubscribed)
+        .expect("unsubscribed");
+    assert_eq!(unsubscribed.opt_out_scope(), v1::OptOutScope::Channel);
+    assert_eq!(unsubscribed.channel(), v1::Channel::Sms);
+    assert_eq!(
+        kinds(invalid_key),
+        [(v1::FeedbackKind::Bounced, v1::Reason::MailboxUnavailable, 1)]
+    );
+    assert_eq!(
+        by_key[invalid_key.as_str()][0].bounce_class(),
+        v1::BounceClass::Hard
+    );
+    assert!(by_key[invalid_key.as_str()][0].detail.contains("21211"));
+}
