@@ -128,6 +128,82 @@ pub struct Counters {
     pub dropped: i64,
     /// Recipients not messaged, by reason.
     pub suppressed: BTreeMap<String, i64>,
+    /// What happened after the messages left, from `tocsin.feedback`: each recipient
+    /// counts once per outcome, however many times an event arrives or a person opens.
+    pub outcomes: Outcomes,
+    /// Outcomes over messages sent; absent until something was sent.
+    pub rates: Rates,
+}
+
+/// Recipients per outcome.
+#[derive(Debug, Default, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Outcomes {
+    /// Accepted by a provider.
+    pub sent: i64,
+    pub delivered: i64,
+    /// Hard bounces (and bounces of unknown class).
+    pub bounced: i64,
+    pub soft_bounced: i64,
+    /// Ended without being sent (the reason is in each feedback event).
+    pub failed: i64,
+    pub expired: i64,
+    pub cancelled: i64,
+    pub deferred: i64,
+    /// Opens and clicks by people; machines (privacy proxies, link scanners) apart.
+    pub unique_opens: i64,
+    pub unique_clicks: i64,
+    pub machine_opens: i64,
+    pub machine_clicks: i64,
+    pub unsubscribed: i64,
+    pub complained: i64,
+}
+
+/// Fractions of the messages sent.
+#[derive(Debug, Default, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Rates {
+    pub delivery: Option<f64>,
+    pub bounce: Option<f64>,
+    pub open: Option<f64>,
+    pub click: Option<f64>,
+    pub unsubscribe: Option<f64>,
+    pub complaint: Option<f64>,
+}
+
+impl Outcomes {
+    fn set(&mut self, name: &str, v: i64) {
+        let field = match name {
+            "sent" => &mut self.sent,
+            "delivered" => &mut self.delivered,
+            "bounced" => &mut self.bounced,
+            "soft_bounced" => &mut self.soft_bounced,
+            "failed" => &mut self.failed,
+            "expired" => &mut self.expired,
+            "cancelled" => &mut self.cancelled,
+            "deferred" => &mut self.deferred,
+            "unique_opens" => &mut self.unique_opens,
+            "unique_clicks" => &mut self.unique_clicks,
+            "machine_opens" => &mut self.machine_opens,
+            "machine_clicks" => &mut self.machine_clicks,
+            "unsubscribed" => &mut self.unsubscribed,
+            "complained" => &mut self.complained,
+            _ => return,
+        };
+        *field = v;
+    }
+
+    fn rates(&self) -> Rates {
+        let over_sent = |n: i64| (self.sent > 0).then(|| n as f64 / self.sent as f64);
+        Rates {
+            delivery: over_sent(self.delivered),
+            bounce: over_sent(self.bounced + self.soft_bounced),
+            open: over_sent(self.unique_opens),
+            click: over_sent(self.unique_clicks),
+            unsubscribe: over_sent(self.unsubscribed),
+            complaint: over_sent(self.complained),
+        }
+    }
 }
 
 /// What a dry run found.
@@ -385,10 +461,13 @@ async fn view(state: &AppState, campaign: Campaign) -> Result<CampaignView, ApiE
             other => {
                 if let Some(reason) = other.strip_prefix("suppressed.") {
                     counters.suppressed.insert(reason.to_owned(), v);
+                } else if let Some(outcome) = other.strip_prefix("fb.") {
+                    counters.outcomes.set(outcome, v);
                 }
             }
         }
     }
+    counters.rates = counters.outcomes.rates();
     let blast = &campaign.blast;
     Ok(CampaignView {
         id: campaign.id.clone(),

@@ -20,6 +20,7 @@ use crate::{campaigns, error, preview, segments, templates};
     ),
     components(schemas(
         campaigns::CampaignRequest, campaigns::CampaignView, campaigns::Counters,
+        campaigns::Outcomes, campaigns::Rates,
         campaigns::DryRun, campaigns::Channel, campaigns::Tracking,
         campaigns::QuietHoursRequest, campaigns::WindowRequest,
         segments::SegmentSummary, segments::SegmentDetail, segments::MemberSample,

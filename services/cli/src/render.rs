@@ -82,6 +82,35 @@ pub fn campaign(c: &Value) -> String {
             t.add_row(vec![format!("suppressed: {reason}"), text(n)]);
         }
     }
+    let outcomes = &counters["outcomes"];
+    let rates = &counters["rates"];
+    for (label, key, rate) in [
+        ("sent", "sent", None),
+        ("delivered", "delivered", Some("delivery")),
+        ("bounced (hard)", "bounced", Some("bounce")),
+        ("bounced (soft)", "softBounced", None),
+        ("failed", "failed", None),
+        ("expired", "expired", None),
+        ("unique opens", "uniqueOpens", Some("open")),
+        ("unique clicks", "uniqueClicks", Some("click")),
+        ("machine opens / clicks", "machineOpens", None),
+        ("unsubscribed", "unsubscribed", Some("unsubscribe")),
+        ("complained", "complained", Some("complaint")),
+    ] {
+        let value = if key == "machineOpens" {
+            format!(
+                "{} / {}",
+                text(&outcomes["machineOpens"]),
+                text(&outcomes["machineClicks"])
+            )
+        } else {
+            match rate.and_then(|r| rates[r].as_f64()) {
+                Some(r) => format!("{} ({:.2} %)", text(&outcomes[key]), r * 100.0),
+                None => text(&outcomes[key]),
+            }
+        };
+        t.add_row(vec![label.to_owned(), value]);
+    }
     t.to_string()
 }
 

@@ -46,4 +46,8 @@ pub struct PlannerConfig {
     pub default_expiry_s: u64,
     /// Time zone for campaigns that name none.
     pub default_time_zone: String,
+    /// Soft bounces (in distinct campaigns) after which an address is suppressed.
+    pub soft_bounce_limit: u32,
+    /// How long a campaign's per-contact outcome bits are kept (counters stay).
+    pub feedback_retention_days: u32,
 }

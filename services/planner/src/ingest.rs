@@ -106,8 +106,12 @@ impl SegmentsHandler {
         for segment in &segments {
             pipe.zrem(keys::segment(segment), contact_id).ignore();
         }
-        pipe.del(&[keys::contact(contact_id), keys::frequency(contact_id)])
-            .ignore();
+        pipe.del(&[
+            keys::contact(contact_id),
+            keys::frequency(contact_id),
+            keys::soft_bounces(contact_id),
+        ])
+        .ignore();
         pipe.query_async::<()>(conn).await?;
         self.metrics.erasures.inc();
         tracing::info!(

@@ -8,7 +8,9 @@
 //! | `t:sup` | hash | suppression: `e:HASH` / `p:HASH` (keyed hash of the address) → reason |
 //! | `t:fq:{C}` | sorted set | C's planned messages (idempotency key → planned ms), for the frequency cap |
 //! | `t:cmp:K` | hash | campaign K: `def` (protobuf `ScheduleBlast`), `state`, `cursor`, `requested_by` |
-//! | `t:cmp:K:n` | hash | campaign K's counters: `planned`, `suppressed.REASON`, `dispatched`, ... |
+//! | `t:cmp:K:n` | hash | campaign K's counters: `planned`, `suppressed.REASON`, `dispatched`, ..., and from feedback `fb.sent`, `fb.delivered`, `fb.unique_opens`, ... |
+//! | `t:cmp:K:r` | hash | contact → bit set of the outcomes already counted for K (expires) |
+//! | `t:sb:{C}` | hash | C's soft bounces per channel |
 //! | `t:cmp:K:addr` | set | address hashes already planned in K (two CRM records, one mailbox) |
 //! | `t:cmp:K:lease` | string | which planner instance fans K out, with an expiry |
 //! | `t:cmps:due` | sorted set | scheduled campaigns by start time (ms) |
@@ -32,6 +34,11 @@ pub fn segment(id: &str) -> String {
 
 pub fn frequency(id: &str) -> String {
     format!("t:fq:{{{id}}}")
+}
+
+/// A contact's soft bounces per channel (`email`, `sms`).
+pub fn soft_bounces(id: &str) -> String {
+    format!("t:sb:{{{id}}}")
 }
 
 pub fn campaign(id: &str) -> String {

@@ -11,6 +11,7 @@
 //! - [`quiet_hours`] and [`holidays`]: when a message may reach someone.
 //! - [`engine`]: fan-out in checkpointed, atomic steps under a per-campaign lease.
 //! - [`dispatch`]: the durable schedule's due jobs, re-checked and published.
+//! - [`feedback`]: the `tocsin.feedback` handler: suppression and campaign counters.
 //! - [`metrics`]: Prometheus counters.
 
 pub mod campaign;
@@ -19,6 +20,7 @@ pub mod config;
 pub mod dispatch;
 pub mod eligibility;
 pub mod engine;
+pub mod feedback;
 pub mod holidays;
 pub mod ingest;
 pub mod keys;
@@ -92,8 +94,8 @@ pub async fn run(
         consumer(&topics.segments, "segments"),
         Arc::new(ingest::SegmentsHandler {
             redis: redis.clone(),
-            hasher,
-            metrics,
+            hasher: hasher.clone(),
+            metrics: metrics.clone(),
         }),
         producer.clone(),
         bus_metrics.clone(),
@@ -104,6 +106,20 @@ pub async fn run(
         consumer(&topics.campaigns, "campaigns"),
         Arc::new(commands::CommandsHandler {
             planner: planner.clone(),
+        }),
+        producer.clone(),
+        bus_metrics.clone(),
+        shutdown.clone(),
+    );
+    let feedback = tocsin_bus::spawn_consumer(
+        &config.kafka,
+        consumer(&topics.feedback, "feedback"),
+        Arc::new(feedback::FeedbackHandler {
+            redis: redis.clone(),
+            hasher: hasher.clone(),
+            metrics: metrics.clone(),
+            soft_bounce_limit: config.planner.soft_bounce_limit,
+            retention_s: u64::from(config.planner.feedback_retention_days) * 86_400,
         }),
         producer.clone(),
         bus_metrics.clone(),
@@ -138,11 +154,12 @@ pub async fn run(
         }
     });
 
-    let (segments, commands, ticker) = tokio::join!(segments, commands, ticker);
+    let (segments, commands, feedback, ticker) = tokio::join!(segments, commands, feedback, ticker);
     shutdown.cancel();
     server.await??;
     segments??;
     commands??;
+    feedback??;
     ticker?;
     Ok(())
 }

@@ -11,6 +11,8 @@ pub struct PlannerMetrics {
     pub stale_snapshots: IntCounter,
     pub erasures: IntCounter,
     pub schedule_waiting: IntGauge,
+    /// Addresses put on the suppression list by feedback, by reason.
+    pub feedback_suppressions: IntCounterVec,
 }
 
 impl PlannerMetrics {
@@ -22,7 +24,18 @@ impl PlannerMetrics {
             registry.register(Box::new(c.clone()))?;
             Ok(c)
         }
+        let feedback_suppressions = reg(
+            registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "tocsin_planner_feedback_suppressions_total",
+                    "Addresses suppressed because of feedback, by reason.",
+                ),
+                &["reason"],
+            )?,
+        )?;
         Ok(PlannerMetrics {
+            feedback_suppressions,
             planned: reg(
                 registry,
                 IntCounterVec::new(

@@ -1,0 +1,301 @@
+//! `tocsin.feedback`: what happened after a message left, learnt from.
+//!
+//! - **Suppression.** An unsubscribe (per channel, or every channel), a complaint and a hard
+//!   bounce put the address on the suppression list (`t:sup`, keyed hashes: the list
+//!   survives erasure); soft bounces are counted per contact and channel, and
+//!   `soft_bounce_limit` of them suppress the address too; an SMS `START` takes back an
+//!   SMS unsubscribe (and nothing else: an erasure or a complaint stays). The next fan-out
+//!   and the dispatcher's re-check skip these addresses.
+//! - **Counters.** Per campaign, each (contact, outcome) counts once, however many times
+//!   the event arrives (at-least-once delivery) and however many times the person opens or
+//!   clicks: `t:cmp:K:r` holds a bit set per contact, and one script sets the bit and
+//!   increments `t:cmp:K:n` `fb.<outcome>` only when the bit was not set. Machine opens and
+//!   clicks (privacy proxies, link scanners) are counted apart. The bit sets expire
+//!   `feedback_retention_days` after their last change; the counters stay.
+//!
+//! The planner's own feedback (queued, suppressed, expired at dispatch) is already counted
+//! where it is decided and is skipped here.
+
+use redis::Script;
+use redis::aio::ConnectionManager;
+use tocsin_bus::{HandleError, Handler, Inbound};
+use tocsin_contracts::domain::{EmailAddress, PhoneNumber};
+use tocsin_contracts::v1;
+
+use crate::keys;
+use crate::metrics::PlannerMetrics;
+use crate::store::{self, AddressHasher};
+
+/// A counted outcome: its bit in the per-contact set and its counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    pub bit: u32,
+    pub counter: &'static str,
+}
+
+/// The outcome a feedback event counts as, if any.
+pub fn outcome(f: &v1::Feedback) -> Option<Outcome> {
+    let (bit, counter) = match (f.kind(), f.machine) {
+        (v1::FeedbackKind::Sent, _) => (0, "sent"),
+        (v1::FeedbackKind::Delivered, _) => (1, "delivered"),
+        (v1::FeedbackKind::Bounced, _) if f.bounce_class() == v1::BounceClass::Soft => {
+            (2, "soft_bounced")
+        }
+        (v1::FeedbackKind::Bounced, _) => (3, "bounced"),
+        (v1::FeedbackKind::Failed, _) => (4, "failed"),
+        (v1::FeedbackKind::Opened, false) => (5, "unique_opens"),
+        (v1::FeedbackKind::Opened, true) => (6, "machine_opens"),
+        (v1::FeedbackKind::Clicked, false) => (7, "unique_clicks"),
+        (v1::FeedbackKind::Clicked, true) => (8, "machine_clicks"),
+        (v1::FeedbackKind::Unsubscribed, _) => (9, "unsubscribed"),
+        (v1::FeedbackKind::Complained, _) => (10, "complained"),
+        (v1::FeedbackKind::Expired, _) => (11, "expired"),
+        (v1::FeedbackKind::Cancelled, _) => (12, "cancelled"),
+        (v1::FeedbackKind::Deferred, _) => (13, "deferred"),
+        _ => return None,
+    };
+    Some(Outcome { bit, counter })
+}
+
+/// Sets bit `ARGV[2]` of contact `ARGV[1]` in `KEYS[1]`; when it was not set, increments
+/// `ARGV[3]` in `KEYS[2]`. Returns 1 when counted.
+const COUNT_ONCE: &str = r"
+local bits = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+local bit = 2 ^ tonumber(ARGV[2])
+if math.floor(bits / bit) % 2 == 1 then
+  return 0
+end
+redis.call('HSET', KEYS[1], ARGV[1], string.format('%.0f', bits + bit))
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
+return 1
+";
+
+/// Suppresses `ARGV[1]` with reason `ARGV[2]` unless it is already suppressed for a
+/// reason that must not be replaced (an erasure, a complaint).
+const SUPPRESS: &str = r"
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+if current == 'erased' or current == 'complained' then
+  return 0
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+";
+
+/// Takes back an SMS unsubscribe (`START`): only an `unsubscribed` entry goes.
+const RESUBSCRIBE: &str = r"
+if redis.call('HGET', KEYS[1], ARGV[1]) == 'unsubscribed' then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  return 1
+end
+return 0
+";
+
+static COUNT_ONCE_SCRIPT: std::sync::LazyLock<Script> =
+    std::sync::LazyLock::new(|| Script::new(COUNT_ONCE));
+static SUPPRESS_SCRIPT: std::sync::LazyLock<Script> =
+    std::sync::LazyLock::new(|| Script::new(SUPPRESS));
+static RESUBSCRIBE_SCRIPT: std::sync::LazyLock<Script> =
+    std::sync::LazyLock::new(|| Script::new(RESUBSCRIBE));
+
+pub struct FeedbackHandler {
+    pub redis: ConnectionManager,
+    pub hasher: AddressHasher,
+    pub metrics: PlannerMetrics,
+    pub soft_bounce_limit: u32,
+    /// How long the per-contact outcome bits of a campaign are kept (they hold contact
+    /// ids: personal data, so not forever); the counters stay.
+    pub retention_s: u64,
+}
+
+impl std::fmt::Debug for FeedbackHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FeedbackHandler")
+    }
+}
+
+/// Which of a contact's addresses an event concerns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Addresses {
+    Email,
+    Sms,
+    All,
+}
+
+impl FeedbackHandler {
+    /// The suppression hashes of the contact's addresses the event concerns.
+    async fn hashes(
+        &self,
+        conn: &mut ConnectionManager,
+        contact_id: &str,
+        which: Addresses,
+    ) -> redis::RedisResult<Vec<String>> {
+        let Some(contact) = store::load_record(conn, contact_id)
+            .await?
+            .and_then(|r| r.contact)
+        else {
+            // Unknown or erased: an erased person's addresses are suppressed already.
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        if matches!(which, Addresses::Email | Addresses::All)
+            && let Ok(email) = EmailAddress::parse(&contact.email)
+        {
+            out.push(self.hasher.email(&email));
+        }
+        if matches!(which, Addresses::Sms | Addresses::All)
+            && let Ok(phone) = PhoneNumber::parse(&contact.phone_e164)
+        {
+            out.push(self.hasher.phone(&phone));
+        }
+        Ok(out)
+    }
+
+    async fn suppress(
+        &self,
+        conn: &mut ConnectionManager,
+        f: &v1::Feedback,
+        which: Addresses,
+        reason: &'static str,
+    ) -> redis::RedisResult<()> {
+        for hash in self.hashes(conn, &f.contact_id, which).await? {
+            let added: i64 = SUPPRESS_SCRIPT
+                .key(keys::SUPPRESSION)
+                .arg(&hash)
+                .arg(reason)
+                .invoke_async(conn)
+                .await?;
+            if added == 1 {
+                self.metrics
+                    .feedback_suppressions
+                    .with_label_values(&[reason])
+                    .inc();
+            }
+        }
+        Ok(())
+    }
+
+    async fn apply(&self, f: &v1::Feedback) -> redis::RedisResult<()> {
+        let mut conn = self.redis.clone();
+        let channel = match f.channel() {
+            v1::Channel::Sms => Addresses::Sms,
+            _ => Addresses::Email,
+        };
+        let counted = match (
+            outcome(f),
+            f.campaign_id.is_empty() || f.contact_id.is_empty(),
+        ) {
+            (Some(o), false) => {
+                let n: i64 = COUNT_ONCE_SCRIPT
+                    .key(format!("{}:r", keys::campaign(&f.campaign_id)))
+                    .key(keys::campaign_counters(&f.campaign_id))
+                    .arg(&f.contact_id)
+                    .arg(o.bit)
+                    .arg(format!("fb.{}", o.counter))
+                    .arg(self.retention_s)
+                    .invoke_async(&mut conn)
+                    .await?;
+                n == 1
+            }
+            _ => false,
+        };
+        if f.contact_id.is_empty() {
+            return Ok(());
+        }
+        match f.kind() {
+            v1::FeedbackKind::Unsubscribed => {
+                let which = if f.opt_out_scope() == v1::OptOutScope::All {
+                    Addresses::All
+                } else {
+                    channel
+                };
+                self.suppress(&mut conn, f, which, "unsubscribed").await?;
+            }
+            v1::FeedbackKind::Complained => {
+                self.suppress(&mut conn, f, Addresses::Email, "complained")
+                    .await?;
+            }
+            v1::FeedbackKind::Bounced if f.bounce_class() != v1::BounceClass::Soft => {
+                self.suppress(&mut conn, f, channel, "hard_bounced").await?;
+            }
+            v1::FeedbackKind::Bounced if counted => {
+                // A soft bounce counted for the first time in this campaign.
+                let field = if channel == Addresses::Sms {
+                    "sms"
+                } else {
+                    "email"
+                };
+                let n: i64 = redis::cmd("HINCRBY")
+                    .arg(keys::soft_bounces(&f.contact_id))
+                    .arg(field)
+                    .arg(1)
+                    .query_async(&mut conn)
+                    .await?;
+                if n >= i64::from(self.soft_bounce_limit.max(1)) {
+                    self.suppress(&mut conn, f, channel, "soft_bounced").await?;
+                }
+            }
+            v1::FeedbackKind::Resubscribed => {
+                for hash in self
+                    .hashes(&mut conn, &f.contact_id, Addresses::Sms)
+                    .await?
+                {
+                    let _: i64 = RESUBSCRIBE_SCRIPT
+                        .key(keys::SUPPRESSION)
+                        .arg(&hash)
+                        .invoke_async(&mut conn)
+                        .await?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+impl Handler for FeedbackHandler {
+    async fn handle(&self, message: &Inbound) -> Result<(), HandleError> {
+        let f: v1::Feedback = message.decode()?;
+        let from_planner = f.meta.as_ref().is_some_and(|m| m.source == "planner");
+        if from_planner
+            || matches!(
+                f.kind(),
+                v1::FeedbackKind::Queued | v1::FeedbackKind::Suppressed
+            )
+        {
+            return Ok(());
+        }
+        self.apply(&f).await.map_err(HandleError::transient)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_outcome_has_its_own_bit() {
+        let mut bits = std::collections::HashSet::new();
+        for kind in 1..=14 {
+            for machine in [false, true] {
+                for bounce in [v1::BounceClass::Hard, v1::BounceClass::Soft] {
+                    let f = v1::Feedback {
+                        kind,
+                        machine,
+                        bounce_class: bounce.into(),
+                        ..Default::default()
+                    };
+                    if let Some(o) = outcome(&f) {
+                        bits.insert((o.bit, o.counter));
+                    }
+                }
+            }
+        }
+        let distinct_bits: std::collections::HashSet<u32> = bits.iter().map(|b| b.0).collect();
+        assert_eq!(distinct_bits.len(), bits.len(), "one bit per counter");
+        assert!(
+            distinct_bits.iter().all(|b| *b < 52),
+            "exact in a Lua number"
+        );
+    }
+}
