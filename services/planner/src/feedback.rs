@@ -123,13 +123,26 @@ enum Addresses {
 }
 
 impl FeedbackHandler {
-    /// The suppression hashes of the contact's addresses the event concerns.
+    /// The suppression hashes of the contact's addresses the event concerns. An event
+    /// about a person the tracker could not name (an inbound SMS `STOP` carries only the
+    /// number, in `address`) concerns that address alone.
     async fn hashes(
         &self,
         conn: &mut ConnectionManager,
-        contact_id: &str,
+        f: &v1::Feedback,
         which: Addresses,
     ) -> redis::RedisResult<Vec<String>> {
+        if f.contact_id.is_empty() {
+            let address = f.address.trim();
+            return Ok(if let Ok(phone) = PhoneNumber::parse(address) {
+                vec![self.hasher.phone(&phone)]
+            } else if let Ok(email) = EmailAddress::parse(address) {
+                vec![self.hasher.email(&email)]
+            } else {
+                Vec::new()
+            });
+        }
+        let contact_id = f.contact_id.as_str();
         let Some(contact) = store::load_record(conn, contact_id)
             .await?
             .and_then(|r| r.contact)
@@ -158,7 +171,7 @@ impl FeedbackHandler {
         which: Addresses,
         reason: &'static str,
     ) -> redis::RedisResult<()> {
-        for hash in self.hashes(conn, &f.contact_id, which).await? {
+        for hash in self.hashes(conn, f, which).await? {
             let added: i64 = SUPPRESS_SCRIPT
                 .key(keys::SUPPRESSION)
                 .arg(&hash)
@@ -199,7 +212,7 @@ impl FeedbackHandler {
             }
             _ => false,
         };
-        if f.contact_id.is_empty() {
+        if f.contact_id.is_empty() && f.address.is_empty() {
             return Ok(());
         }
         match f.kind() {
@@ -236,10 +249,7 @@ impl FeedbackHandler {
                 }
             }
             v1::FeedbackKind::Resubscribed => {
-                for hash in self
-                    .hashes(&mut conn, &f.contact_id, Addresses::Sms)
-                    .await?
-                {
+                for hash in self.hashes(&mut conn, f, Addresses::Sms).await? {
                     let _: i64 = RESUBSCRIBE_SCRIPT
                         .key(keys::SUPPRESSION)
                         .arg(&hash)

@@ -149,6 +149,10 @@ async fn counters_stay_exact_when_events_arrive_twice_and_suppression_follows() 
     stop_sms.opt_out_scope = v1::OptOutScope::Channel.into();
     events.push(stop_sms);
     let start_sms = event("start-c-5", K::Resubscribed, "", "c-5", v1::Channel::Sms);
+    // An inbound STOP from a number the tracker cannot name: suppressed by address.
+    let mut stranger = event("stop-stranger", K::Unsubscribed, "", "", v1::Channel::Sms);
+    stranger.address = "+33699999999".into();
+    events.push(stranger);
     // Everything twice, as after a redelivery; START after STOP.
     publish(&h, &events).await;
     publish(&h, &events).await;
@@ -188,8 +192,14 @@ async fn counters_stay_exact_when_events_arrive_twice_and_suppression_follows() 
     values.sort_unstable();
     assert_eq!(
         values,
-        ["complained", "hard_bounced", "soft_bounced", "unsubscribed"],
-        "c-5's SMS STOP was taken back by START; everything else stays"
+        [
+            "complained",
+            "hard_bounced",
+            "soft_bounced",
+            "unsubscribed",
+            "unsubscribed"
+        ],
+        "c-5's SMS STOP was taken back by START; the stranger's number stays"
     );
 
     // The next blast to the segment skips them, each with its reason.
