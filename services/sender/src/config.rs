@@ -34,6 +34,7 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SenderConfig {
+    /// Consumer groups: `<group_id>-email` and `<group_id>-sms`.
     pub group_id: String,
     /// Names this instance in the ledger and logs; empty means `sender-<pid>`.
     #[serde(default)]

@@ -173,6 +173,20 @@ impl Ledger {
         })
     }
 
+    /// What the ledger already knows of a key, without claiming it: `Sent` or `Failed`
+    /// when the message ended, `None` otherwise (unknown, or claimed). A redelivered
+    /// message that ended is answered from this, without waiting for a budget.
+    pub async fn peek(&self, idempotency_key: &str) -> redis::RedisResult<Option<Claim>> {
+        let mut conn = self.redis.clone();
+        let record: Option<String> = redis::cmd("GET")
+            .arg(key(idempotency_key))
+            .query_async(&mut conn)
+            .await?;
+        Ok(record
+            .filter(|r| r.starts_with("sent|") || r.starts_with("failed|"))
+            .map(|r| parse_done(&r)))
+    }
+
     /// Records that a provider accepted the message. Called before anything else once the
     /// provider answered: this write is the end of the duplicate window.
     pub async fn sent(

@@ -175,29 +175,35 @@ pub async fn run(
         }
     });
 
-    let consumer = tocsin_bus::spawn_consumer(
-        &config.kafka,
-        ConsumerSpec {
-            group_id: config.sender.group_id.clone(),
-            client_id: instance,
-            topics: vec![
-                topics.outbound_email.name.clone(),
-                topics.outbound_sms.name.clone(),
-            ],
-            dlq_topic: topics.dlq.name.clone(),
-        },
-        Arc::new(service::OutboundHandler { sender }),
-        producer,
-        bus_metrics,
-        shutdown.clone(),
-    );
-    let consumed = consumer.await;
+    // One consumer per channel, each with its own group and in-flight limit: a contact's
+    // SMS waiting for a throttled provider's budget must not hold up their e-mail (messages
+    // with one key are handled in order within a consumer).
+    let handler = Arc::new(service::OutboundHandler { sender });
+    let consumer = |topic: &tocsin_bus::TopicSpec, channel: &str| {
+        tocsin_bus::spawn_consumer(
+            &config.kafka,
+            ConsumerSpec {
+                group_id: format!("{}-{channel}", config.sender.group_id),
+                client_id: format!("{instance}-{channel}"),
+                topics: vec![topic.name.clone()],
+                dlq_topic: topics.dlq.name.clone(),
+            },
+            handler.clone(),
+            producer.clone(),
+            bus_metrics.clone(),
+            shutdown.clone(),
+        )
+    };
+    let email = consumer(&topics.outbound_email, "email");
+    let sms = consumer(&topics.outbound_sms, "sms");
+    let (email, sms) = tokio::join!(email, sms);
     shutdown.cancel();
     heartbeat.await?;
     if let Err(error) = ledger.leave().await {
         tracing::warn!(%error, "could not mark this sender gone; its claims expire on their own");
     }
     server.await??;
-    consumed??;
+    email??;
+    sms??;
     Ok(())
 }

@@ -21,6 +21,8 @@ pub struct SenderMetrics {
     pub circuit: IntGaugeVec,
     pub retries: IntCounterVec,
     pub takeovers: IntCounter,
+    /// Budget reservations given up because the task woke too late to use them.
+    pub late_reservations: IntCounterVec,
 }
 
 impl SenderMetrics {
@@ -80,6 +82,13 @@ impl SenderMetrics {
             ),
             &["provider", "why"],
         )?;
+        let late_reservations = IntCounterVec::new(
+            Opts::new(
+                "tocsin_sender_late_reservations_total",
+                "Budget reservations given up because the sender woke too late to use them (a busy machine).",
+            ),
+            &["provider"],
+        )?;
         let takeovers = IntCounter::new(
             "tocsin_sender_ledger_takeovers_total",
             "Messages taken over from a dead instance's claim: possibly sent twice.",
@@ -93,6 +102,7 @@ impl SenderMetrics {
             Box::new(circuit.clone()),
             Box::new(retries.clone()),
             Box::new(takeovers.clone()),
+            Box::new(late_reservations.clone()),
         ] {
             registry.register(c)?;
         }
@@ -105,6 +115,7 @@ impl SenderMetrics {
             circuit,
             retries,
             takeovers,
+            late_reservations,
         })
     }
 }

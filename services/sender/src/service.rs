@@ -357,7 +357,61 @@ impl Sender {
             );
             return Ok(self.end(rendered, ending, trace).await);
         }
+        // A redelivered message that already ended: its outcome again, nothing sent, no
+        // budget spent.
+        let key = rendered.outgoing().idempotency_key();
+        if let Some(done) = self
+            .ledger
+            .peek(key)
+            .await
+            .map_err(|e| Retry(format!("ledger: {e}")))?
+        {
+            return Ok(self.replay(rendered, done, trace).await);
+        }
         self.attempts(rendered, trace).await
+    }
+
+    /// Publishes again the outcome the ledger recorded for a message.
+    async fn replay(
+        &self,
+        rendered: &Rendered,
+        record: Claim,
+        trace: &TraceContext,
+    ) -> Result<(), HandleError> {
+        let ending = match record {
+            Claim::Sent {
+                provider,
+                provider_message_id,
+                attempt,
+            } => {
+                let mut ending = Ending::new(
+                    v1::FeedbackKind::Sent,
+                    v1::Reason::Unspecified,
+                    "already sent (redelivered message)",
+                );
+                ending.provider = provider;
+                ending.provider_message_id = provider_message_id;
+                ending.attempt = attempt;
+                self.metrics
+                    .messages
+                    .with_label_values(&["none", rendered.channel().as_str(), "already_sent"])
+                    .inc();
+                ending
+            }
+            Claim::Failed { kind, reason } => {
+                let (reason_name, detail) = reason.split_once(' ').unwrap_or((&reason, ""));
+                let kind = v1::FeedbackKind::from_str_name(&format!(
+                    "FEEDBACK_KIND_{}",
+                    kind.to_ascii_uppercase()
+                ))
+                .unwrap_or(v1::FeedbackKind::Failed);
+                let reason =
+                    v1::Reason::from_str_name(reason_name).unwrap_or(v1::Reason::Unspecified);
+                Ending::new(kind, reason, detail)
+            }
+            Claim::New | Claim::TakenOver { .. } | Claim::Busy { .. } => return Ok(()),
+        };
+        self.publish(rendered, &ending, trace).await
     }
 
     /// Claims the message right before a provider call. `Some` when the ledger says it
@@ -386,36 +440,8 @@ impl Sender {
                 Ok(None)
             }
             Claim::Busy { owner } => Err(Retry(format!("instance {owner} is sending it"))),
-            Claim::Sent {
-                provider,
-                provider_message_id,
-                attempt,
-            } => {
-                let mut ending = Ending::new(
-                    v1::FeedbackKind::Sent,
-                    v1::Reason::Unspecified,
-                    "already sent (redelivered message)",
-                );
-                ending.provider = provider;
-                ending.provider_message_id = provider_message_id;
-                ending.attempt = attempt;
-                self.metrics
-                    .messages
-                    .with_label_values(&["none", rendered.channel().as_str(), "already_sent"])
-                    .inc();
-                Ok(Some(self.publish(rendered, &ending, trace).await))
-            }
-            Claim::Failed { kind, reason } => {
-                let (reason_name, detail) = reason.split_once(' ').unwrap_or((&reason, ""));
-                let kind = v1::FeedbackKind::from_str_name(&format!(
-                    "FEEDBACK_KIND_{}",
-                    kind.to_ascii_uppercase()
-                ))
-                .unwrap_or(v1::FeedbackKind::Failed);
-                let reason =
-                    v1::Reason::from_str_name(reason_name).unwrap_or(v1::Reason::Unspecified);
-                let ending = Ending::new(kind, reason, detail);
-                Ok(Some(self.publish(rendered, &ending, trace).await))
+            done @ (Claim::Sent { .. } | Claim::Failed { .. }) => {
+                Ok(Some(self.replay(rendered, done, trace).await))
             }
         }
     }
@@ -482,35 +508,15 @@ impl Sender {
                 }
             };
             let name = entry.name.clone();
-            // Budgets: the provider's, then the sender identity's at that provider.
-            let cost = rendered.cost();
-            let mut waited = Duration::ZERO;
-            for (scope, limit) in [
-                (name.clone(), entry.rate),
-                (
-                    format!("{name}:{}", rendered.identity()),
-                    entry.identity_rate,
-                ),
-            ] {
-                if limit.is_unlimited() {
-                    continue;
-                }
-                let reservation = self
-                    .throttle
-                    .reserve(&scope, limit, cost)
-                    .await
-                    .map_err(|e| Retry(format!("budget: {e}")))?;
-                if scope == name {
-                    self.metrics
-                        .rate_limit
-                        .with_label_values(&[&name])
-                        .set(reservation.rate);
-                }
-                if !reservation.wait.is_zero() {
-                    self.sleep(reservation.wait).await?;
-                    waited += reservation.wait;
-                }
-            }
+            // A slot among the provider's calls in flight first (waiting for it must not
+            // eat into a budget slot), then the budgets, then the claim: a crash while
+            // waiting for a slot, a budget or a backoff leaves nothing to take over, and at
+            // most `max_in_flight` claims per provider are ever open.
+            let slot = tokio::select! {
+                slot = entry.in_flight.acquire() => slot.map_err(|_| Retry("closing".into()))?,
+                _ = self.shutdown.cancelled() => return Err(Retry("shutting down".into())),
+            };
+            let waited = self.wait_for_budgets(rendered, &entry).await?;
             self.metrics
                 .throttle_wait
                 .with_label_values(&[&name])
@@ -518,13 +524,6 @@ impl Sender {
             if self.expired(rendered) {
                 continue;
             }
-            // A slot among the provider's calls in flight, then the claim, only now: a
-            // crash while waiting for a budget, a slot or a backoff leaves nothing to take
-            // over, and at most `max_in_flight` claims per provider are ever open.
-            let slot = tokio::select! {
-                slot = entry.in_flight.acquire() => slot.map_err(|_| Retry("closing".into()))?,
-                _ = self.shutdown.cancelled() => return Err(Retry("shutting down".into())),
-            };
             if let Some(done) = self.claim(rendered, trace, &mut possibly_sent).await? {
                 return Ok(done);
             }
@@ -647,6 +646,59 @@ impl Sender {
                 }
             }
         }
+    }
+
+    /// Waits for the provider's budget and the sender identity's at it. A reservation is
+    /// only good on time: a task that wakes more than `(1 - headroom)` of a second after
+    /// its slot (a busy machine) takes a new one, so that late sends never bunch up
+    /// beyond the limit over any second. Returns the time spent waiting.
+    async fn wait_for_budgets(
+        &self,
+        rendered: &Rendered,
+        entry: &crate::routing::Entry,
+    ) -> Result<Duration, Retry> {
+        let started = std::time::Instant::now();
+        let tolerance = Duration::from_secs_f64(
+            ((1.0 - self.config.throttle.headroom) * 0.75).clamp(0.002, 0.2),
+        );
+        let cost = rendered.cost();
+        for (scope, limit) in [
+            (entry.name.clone(), entry.rate),
+            (
+                format!("{}:{}", entry.name, rendered.identity()),
+                entry.identity_rate,
+            ),
+        ] {
+            if limit.is_unlimited() {
+                continue;
+            }
+            loop {
+                let asked = std::time::Instant::now();
+                let reservation = self
+                    .throttle
+                    .reserve(&scope, limit, cost)
+                    .await
+                    .map_err(|e| Retry(format!("budget: {e}")))?;
+                if scope == entry.name {
+                    self.metrics
+                        .rate_limit
+                        .with_label_values(&[&entry.name])
+                        .set(reservation.rate);
+                }
+                let due = asked + reservation.wait;
+                if !reservation.wait.is_zero() {
+                    self.sleep(reservation.wait).await?;
+                }
+                if std::time::Instant::now().saturating_duration_since(due) <= tolerance {
+                    break;
+                }
+                self.metrics
+                    .late_reservations
+                    .with_label_values(&[&entry.name])
+                    .inc();
+            }
+        }
+        Ok(started.elapsed())
     }
 
     /// Writes `sent` to the ledger, insisting: until it is written, a redelivery would send

@@ -147,3 +147,54 @@ async fn a_thousand_emails_arrive_once_each_as_rendered_and_rsa_signed() {
 async fn ed25519_signatures_verify_too() {
     deliver("smtp-ed25519", 20, &support::ed25519_key()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_holds_messages_instead_of_failing_them() {
+    let run = stack::unique("smtp-auth");
+    let mut extra = support::smtp_provider("smtp_test", None);
+    for (k, v) in extra.iter_mut() {
+        if k.ends_with("__API__PASSWORD") {
+            *v = "not-the-password".into();
+        }
+    }
+    extra.push((
+        "TOCSIN__SENDER__ROUTES".into(),
+        r#"[{channel = "email", providers = [{name = "smtp_test"}]}]"#.into(),
+    ));
+    let config = support::config(&support::env("smtp-auth", &extra));
+    let topics = config.kafka.topics.clone();
+    tocsin_bus::admin::ensure_topics(&config.kafka, &topics.all())
+        .await
+        .expect("topics");
+    let messages = support::rendered(&run, v1::Channel::Email, 3, 30);
+    support::publish(&stack::producer(&config.kafka), &topics, &messages).await;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let sender = tokio::spawn(tocsin_sender::run(config.clone(), async {
+        let _ = stopped.await;
+    }));
+    let feedback = TopicReader::new(&topics.feedback.name)
+        .read_until::<v1::Feedback>(Duration::from_secs(60), |r| r.len() >= 3)
+        .await;
+    let _ = stop.send(());
+    sender.await.expect("task").expect("sender stopped cleanly");
+    for f in &feedback {
+        let f = &f.event;
+        assert_eq!(
+            f.kind(),
+            v1::FeedbackKind::Expired,
+            "held until its expiry, never failed for a credentials problem: {f:?}"
+        );
+    }
+    // Messages that came while the circuit was open never reached the server; the others
+    // say why they could not leave.
+    assert!(
+        feedback
+            .iter()
+            .any(|f| f.event.detail.contains("SMTP credentials refused")),
+        "{feedback:?}"
+    );
+    assert!(
+        mail::received(|m: &ReceivedMail| m.header("To").is_some_and(|to| to.contains(&run)))
+            .is_empty()
+    );
+}

@@ -6,6 +6,8 @@
 //! Answers, by SMTP reply code (RFC 5321 §4.2):
 //! - 2xx: accepted; the provider message id is the server's queue id when it gives one
 //!   (`250 2.0.0 Ok: queued as 4C1F2...`), else the reply text;
+//! - 530, 534, 535 (authentication required, too weak, refused): transient, as for the
+//!   HTTP providers' 401: the credentials are the operator's problem, not the message's;
 //! - 550, 551, 553 (mailbox unavailable, user not local, mailbox name not allowed) on a
 //!   recipient: a hard bounce;
 //! - other 5xx: rejected;
@@ -230,6 +232,14 @@ fn classify(error: &lettre::transport::smtp::Error) -> SendError {
         return SendError::transient(format!("SMTP: {text}"));
     };
     let code = u16::from(code);
+    if matches!(code, 530 | 534 | 535) {
+        // Authentication required / too weak / refused: the operator's credentials, not
+        // the message. Transient, so that the circuit opens and says so, and the messages
+        // wait for a fix instead of all failing.
+        return SendError::transient(format!(
+            "SMTP credentials refused ({text}): check the provider's username and password"
+        ));
+    }
     if error.is_permanent() {
         let kind = match code {
             550 | 551 | 553 => Permanent::HardBounce,

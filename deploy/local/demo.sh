@@ -1,0 +1,428 @@
+#!/usr/bin/env bash
+# One e-mail blast and one SMS blast through the whole pipeline, on the local stack:
+#
+#   tocsin-loadgen ──SegmentEvent──▶ tocsin.segments ──▶ tocsin-planner ──SendJob──▶
+#   tocsin-renderer ──▶ tocsin-sender ──▶ SMTP server (.stack/mail/new) and the Twilio
+#   stand-in (tocsin-standins on 127.0.0.1:4010); campaigns scheduled with the `tocsin` CLI
+#   through tocsin-api (127.0.0.1:8080).
+#
+#   deploy/local/demo.sh                          2,000 contacts
+#   TOCSIN_DEMO_CONTACTS=300 deploy/local/demo.sh
+#
+# Starts the stack if needed (deploy/local/stack.sh up, which installs what is missing),
+# builds the binaries (debug), starts the stand-in and the four services in the
+# background (logs in .stack/demo/*.log; they are stopped when the demo ends, the stack
+# stays up), publishes a fresh segment, uploads the templates of deploy/local/demo/,
+# schedules the two blasts, follows them, waits until every message has reached the SMTP
+# server or the stand-in, and prints a summary. Exits non-zero if anything did not arrive.
+#
+# Environment: TOCSIN_DEMO_CONTACTS (2000), TOCSIN_DEMO_SEED (2026: the same people every
+# run), TOCSIN_DEMO_STALL_S (120: give up when nothing moves for this long), and the
+# stack's own (TOCSIN_STACK_DIR, TOCSIN_BROKER_PORT, TOCSIN_REDIS_PORT, TOCSIN_SMTP_PORT,
+# TOCSIN_SMTP_USER, TOCSIN_SMTP_PASSWORD: see stack.sh), passed on to the services.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$ROOT"
+STATE="${TOCSIN_STACK_DIR:-$ROOT/.stack}"
+DEMO="$STATE/demo"
+CONTACTS="${TOCSIN_DEMO_CONTACTS:-2000}"
+SEED="${TOCSIN_DEMO_SEED:-2026}"
+STALL_S="${TOCSIN_DEMO_STALL_S:-120}"
+STANDIN="127.0.0.1:4010"
+API="127.0.0.1:8080"
+PLANNER_OPS="127.0.0.1:9181"
+RENDERER_OPS="127.0.0.1:9182"
+SENDER_OPS="127.0.0.1:9183"
+# Secrets, handed to the sender's process only. The stand-in accepts the token it is given.
+SMTP_PASSWORD="${TOCSIN_SMTP_PASSWORD:-local-smtp-password}"
+TWILIO_AUTH_TOKEN="standin-twilio-auth-token"
+SMS_QUIET_HOURS="1-7@00:00-24:00"
+export PATH="$HOME/.cargo/bin:$PATH"
+export TOCSIN_API_URL="http://$API"
+export TOCSIN_API_TOKEN="local-operator-token"
+
+say() { printf '\033[1m[demo]\033[0m %s\n' "$*"; }
+die() { printf '\033[1;31m[demo]\033[0m %s\n' "$*" >&2; exit 1; }
+now() { date +%s.%N; }
+# Arithmetic on decimals in Python: bash has none, and printf's reads the locale's comma.
+calc() { python3 -c "import sys; print(format(eval(sys.argv[1]), sys.argv[2]))" "$1" "$2"; }
+since() { calc "$(now) - $1" .1f; }
+
+# A JSON value: `json FILE PATH...` prints FILE's value at PATH (keys and indices).
+json() {
+  python3 - "$@" <<'PY'
+import json, sys
+value = json.load(open(sys.argv[1]))
+for key in sys.argv[2:]:
+    if isinstance(value, list):
+        value = value[int(key)]
+    else:
+        value = value.get(key, 0) if isinstance(value, dict) else 0
+print(json.dumps(value) if isinstance(value, (dict, list)) else value)
+PY
+}
+
+# GET URL into a file; fails on a non-2xx answer or no answer.
+http_get() {
+  python3 - "$1" "$2" <<'PY'
+import sys, urllib.request
+try:
+    with urllib.request.urlopen(sys.argv[1], timeout=5) as answer:
+        open(sys.argv[2], "wb").write(answer.read())
+except Exception:
+    sys.exit(1)
+PY
+}
+
+port_open() { (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null; }
+
+# Where the stack is, when stack.sh was told to put it elsewhere than config/ says.
+stack_env=()
+[ -z "${TOCSIN_BROKER_PORT:-}" ] || stack_env+=(TOCSIN__KAFKA__BROKERS="127.0.0.1:$TOCSIN_BROKER_PORT")
+[ -z "${TOCSIN_REDIS_PORT:-}" ] || stack_env+=(TOCSIN__REDIS__URL="redis://127.0.0.1:$TOCSIN_REDIS_PORT/0")
+
+# ---------------------------------------------------------------------------------------
+# Processes: started here, stopped on exit (by their own pid), never the stack.
+
+PIDS=()
+NAMES=()
+stop_all() {
+  local i pid
+  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+    pid=${PIDS[i]}
+    kill -0 "$pid" 2>/dev/null || continue
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+    pid=${PIDS[i]}
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$pid" 2>/dev/null; then
+      say "${NAMES[i]} did not stop within 10 s: killing it"
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+  done
+  [ ${#PIDS[@]} -eq 0 ] || say "stopped ${NAMES[*]} (the stack stays up: deploy/local/stack.sh down)"
+}
+trap stop_all EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# start NAME COMMAND...: in the background, output in $DEMO/NAME.log.
+start() {
+  local name=$1; shift
+  "$@" </dev/null >"$DEMO/$name.log" 2>&1 &
+  PIDS+=($!)
+  NAMES+=("$name")
+}
+
+# wait_ready NAME URL: until URL answers 2xx, while the process lives, for 120 s.
+wait_ready() {
+  local name=$1 url=$2 pid=${PIDS[${#PIDS[@]} - 1]}
+  for _ in $(seq 1 600); do
+    http_get "$url" /dev/null && return 0
+    if ! kill -0 "$pid" 2>/dev/null; then
+      tail -n 20 "$DEMO/$name.log" >&2 || true
+      die "$name exited while starting; see $DEMO/$name.log"
+    fi
+    sleep 0.2
+  done
+  die "$name is not ready after 120 s ($url); see $DEMO/$name.log"
+}
+
+# ---------------------------------------------------------------------------------------
+T0=$(now)
+case "$CONTACTS" in '' | *[!0-9]*) die "TOCSIN_DEMO_CONTACTS must be a number, not '$CONTACTS'" ;; esac
+[ "$CONTACTS" -gt 0 ] || die "TOCSIN_DEMO_CONTACTS must be at least 1"
+# Planning and dispatching a campaign (not sending it) takes well under this.
+WATCH_S=$((300 + CONTACTS / 50))
+
+say "local stack"
+deploy/local/stack.sh up
+
+for addr in "$STANDIN" "$PLANNER_OPS" "$RENDERER_OPS" "$SENDER_OPS" "$API"; do
+  if port_open "$addr"; then
+    die "$addr is already in use, and the demo starts its own process there (the API on 8080, the Twilio stand-in on 4010, ops ports 9181-9183). Stop what listens (ss -ltnp 'sport = :${addr#*:}') and run the demo again."
+  fi
+done
+
+say "cargo build --locked --bins"
+cargo build --locked --bins
+TARGET_DIR=$(cargo metadata --format-version 1 --no-deps --locked \
+  | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+BIN="$TARGET_DIR/debug"
+tocsin() { "$BIN/tocsin" "$@"; }
+
+mkdir -p "$DEMO"
+DKIM_KEY="$DEMO/dkim-rsa.pem"
+if [ ! -s "$DKIM_KEY" ]; then
+  say "making the demo's DKIM key ($DKIM_KEY)"
+  (umask 077 && openssl genrsa -traditional -out "$DKIM_KEY" 2048 2>/dev/null)
+fi
+DKIM_TXT="v=DKIM1; k=rsa; p=$(openssl rsa -in "$DKIM_KEY" -pubout -outform DER 2>/dev/null | base64 -w0)"
+
+say "starting tocsin-standins, tocsin-planner, tocsin-renderer, tocsin-sender, tocsin-api (logs in $DEMO)"
+start standins "$BIN/tocsin-standins" --listen "$STANDIN" --twilio-auth-token "$TWILIO_AUTH_TOKEN"
+wait_ready standins "http://$STANDIN/_standin/health"
+start planner env "${stack_env[@]}" TOCSIN_CONFIG=config/local/planner.toml TOCSIN__HTTP__LISTEN="$PLANNER_OPS" \
+  "$BIN/tocsin-planner"
+wait_ready planner "http://$PLANNER_OPS/readyz"
+start renderer env "${stack_env[@]}" TOCSIN_CONFIG=config/local/renderer.toml TOCSIN__HTTP__LISTEN="$RENDERER_OPS" \
+  "$BIN/tocsin-renderer"
+wait_ready renderer "http://$RENDERER_OPS/readyz"
+sender_env=(TOCSIN_CONFIG=config/local/sender.toml TOCSIN__HTTP__LISTEN="$SENDER_OPS")
+if [ "$STATE" != "$ROOT/.stack" ]; then
+  sender_env+=(TOCSIN__SENDER__PROVIDERS__SMTP_LOCAL__API__CA_FILE="$STATE/smtp/ca.pem")
+fi
+[ -z "${TOCSIN_SMTP_PORT:-}" ] || sender_env+=(TOCSIN__SENDER__PROVIDERS__SMTP_LOCAL__API__PORT="$TOCSIN_SMTP_PORT")
+[ -z "${TOCSIN_SMTP_USER:-}" ] || sender_env+=(TOCSIN__SENDER__PROVIDERS__SMTP_LOCAL__API__USERNAME="$TOCSIN_SMTP_USER")
+# The secrets are exported in the sender's own process only, never on a command line.
+run_sender() {
+  export TOCSIN__SENDER__PROVIDERS__SMTP_LOCAL__API__PASSWORD="$SMTP_PASSWORD"
+  TOCSIN__SENDER__PROVIDERS__SMTP_LOCAL__API__DKIM__PRIVATE_KEY=$(cat "$DKIM_KEY")
+  export TOCSIN__SENDER__PROVIDERS__SMTP_LOCAL__API__DKIM__PRIVATE_KEY
+  export TOCSIN__SENDER__PROVIDERS__TWILIO_LOCAL__API__AUTH_TOKEN="$TWILIO_AUTH_TOKEN"
+  exec env "${stack_env[@]}" "${sender_env[@]}" "$BIN/tocsin-sender"
+}
+start sender run_sender
+wait_ready sender "http://$SENDER_OPS/readyz"
+start api env "${stack_env[@]}" TOCSIN_CONFIG=config/local/api.toml TOCSIN__HTTP__LISTEN="$API" "$BIN/tocsin-api"
+wait_ready api "http://$API/readyz"
+say "all ready after $(since "$T0") s"
+
+# ---------------------------------------------------------------------------------------
+RUN=$(date +%Y%m%d-%H%M%S)
+SEGMENT="demo-fr-$RUN"
+TAG="demo-$RUN"
+EMAIL_CAMPAIGN="demo-email-$RUN"
+SMS_CAMPAIGN="demo-sms-$RUN"
+RUN_DIR="$DEMO/runs/$RUN"
+mkdir -p "$RUN_DIR"
+touch "$RUN_DIR/start"
+
+say "publishing $CONTACTS contacts into segment $SEGMENT (tocsin-loadgen, seed $SEED)"
+env "${stack_env[@]}" "$BIN/tocsin-loadgen" --json contacts --segment "$SEGMENT" --count "$CONTACTS" --seed "$SEED" \
+  --email-tag "$TAG" >"$RUN_DIR/loadgen.json"
+PUBLISHED=$(json "$RUN_DIR/loadgen.json" published)
+PUBLISH_RATE=$(calc "$(json "$RUN_DIR/loadgen.json" events_per_second)" .0f)
+EMAIL_CONSENT=$(json "$RUN_DIR/loadgen.json" tally email_consent)
+SMS_CONSENT=$(json "$RUN_DIR/loadgen.json" tally sms_consent)
+printf '  %s contacts published, %s events/s (%s with e-mail consent, %s with SMS consent)\n' \
+  "$PUBLISHED" "$PUBLISH_RATE" "$EMAIL_CONSENT" "$SMS_CONSENT"
+
+say "waiting for the planner to hold the $CONTACTS members (tocsin segments show)"
+size=0 last=-1 moved=$(date +%s)
+while [ "$size" -lt "$CONTACTS" ]; do
+  if tocsin --json segments show "$SEGMENT" --sample 0 >"$RUN_DIR/segment.json" 2>/dev/null; then
+    size=$(json "$RUN_DIR/segment.json" size)
+  fi
+  [ "$size" = "$last" ] || { last=$size; moved=$(date +%s); }
+  [ $(($(date +%s) - moved)) -lt "$STALL_S" ] \
+    || die "segment $SEGMENT stuck at $size of $CONTACTS members; see $DEMO/planner.log"
+  [ "$size" -ge "$CONTACTS" ] || sleep 0.5
+done
+tocsin segments show "$SEGMENT" --sample 3
+
+say "uploading the templates (deploy/local/demo/)"
+for template in demo-invitation:invitation-email demo-rappel:rappel-sms; do
+  tocsin --json templates upload "${template%%:*}" --file "deploy/local/demo/${template#*:}.json" \
+    >"$RUN_DIR/template-${template%%:*}.json"
+  warnings=$(json "$RUN_DIR/template-${template%%:*}.json" warnings)
+  printf '  %s version %s, warnings: %s\n' "${template%%:*}" \
+    "$(json "$RUN_DIR/template-${template%%:*}.json" version)" \
+    "$([ "$warnings" = "[]" ] && echo none || echo "$warnings")"
+done
+
+T_BLAST=$(now)
+say "scheduling the e-mail blast $EMAIL_CAMPAIGN (e-mail quiet hours: none)"
+tocsin --json campaigns create --id "$EMAIL_CAMPAIGN" --name "Démo meeting en ligne, e-mail ($RUN)" \
+  --segment "$SEGMENT" --channel email --template demo-invitation --sender-profile default \
+  --start now --quiet-hours none >"$RUN_DIR/$EMAIL_CAMPAIGN.json"
+echo "  $(json "$RUN_DIR/$EMAIL_CAMPAIGN.json" state), start $(json "$RUN_DIR/$EMAIL_CAMPAIGN.json" startAt)"
+say "scheduling the SMS blast $SMS_CAMPAIGN"
+say "  SMS quiet hours: every day, all day ($SMS_QUIET_HOURS), so that the demo sends whatever"
+say "  the time; a real SMS blast keeps the default (Monday-Saturday 08:00-20:00, no public holidays)"
+tocsin --json campaigns create --id "$SMS_CAMPAIGN" --name "Démo meeting en ligne, SMS ($RUN)" \
+  --segment "$SEGMENT" --channel sms --template demo-rappel --sender-profile default \
+  --start now --quiet-hours "$SMS_QUIET_HOURS" >"$RUN_DIR/$SMS_CAMPAIGN.json"
+echo "  $(json "$RUN_DIR/$SMS_CAMPAIGN.json" state), start $(json "$RUN_DIR/$SMS_CAMPAIGN.json" startAt)"
+
+for campaign in "$EMAIL_CAMPAIGN" "$SMS_CAMPAIGN"; do
+  say "following $campaign (tocsin campaigns watch)"
+  timeout "$WATCH_S" "$BIN/tocsin" campaigns watch "$campaign" \
+    || die "$campaign did not complete within $WATCH_S s; see $DEMO/planner.log"
+  tocsin --json campaigns show "$campaign" >"$RUN_DIR/$campaign.json"
+done
+EMAIL_FILE="$RUN_DIR/$EMAIL_CAMPAIGN.json"
+SMS_FILE="$RUN_DIR/$SMS_CAMPAIGN.json"
+for file in "$EMAIL_FILE" "$SMS_FILE"; do
+  [ "$(json "$file" state)" = completed ] || die "$(json "$file" id) ended $(json "$file" state)"
+done
+EMAIL_DISPATCHED=$(json "$EMAIL_FILE" counters dispatched)
+SMS_DISPATCHED=$(json "$SMS_FILE" counters dispatched)
+
+# ---------------------------------------------------------------------------------------
+# Arrival: this run's mail (its recipients carry +$TAG), the stand-in's counters (it was
+# started by this run, so it counts this run's SMS only), and the sender's feedback as the
+# planner counted it from tocsin.feedback (`sent` in `tocsin campaigns show`).
+run_mail() {
+  find "$STATE/mail/new" -type f -newer "$RUN_DIR/start" -print0 \
+    | { xargs -0 -r grep -lF -- "+$TAG@" || true; } >"$RUN_DIR/mail.txt"
+  wc -l <"$RUN_DIR/mail.txt"
+}
+sent_feedback() {
+  if tocsin --json campaigns show "$1" >"$RUN_DIR/$1.json" 2>/dev/null; then
+    json "$RUN_DIR/$1.json" counters outcomes sent
+  else
+    echo 0
+  fi
+}
+say "waiting for $EMAIL_DISPATCHED e-mails at the SMTP server, $SMS_DISPATCHED SMS at the Twilio stand-in and their feedback"
+mails=0 sms=0 email_sent=0 sms_sent=0 last="" moved=$(date +%s) shown=0
+T_MAIL=$T_BLAST T_SMS=$T_BLAST
+while :; do
+  new_mails=$(run_mail)
+  [ "$new_mails" = "$mails" ] || { mails=$new_mails; T_MAIL=$(now); }
+  if http_get "http://$STANDIN/_standin/stats" "$RUN_DIR/standin-stats.json"; then
+    new_sms=$(json "$RUN_DIR/standin-stats.json" twilio accepted)
+    [ "$new_sms" = "$sms" ] || { sms=$new_sms; T_SMS=$(now); }
+  fi
+  email_sent=$(sent_feedback "$EMAIL_CAMPAIGN")
+  sms_sent=$(sent_feedback "$SMS_CAMPAIGN")
+  progress="e-mails $mails / $EMAIL_DISPATCHED (feedback $email_sent), SMS $sms / $SMS_DISPATCHED (feedback $sms_sent)"
+  [ "$progress" = "$last" ] || { last=$progress; moved=$(date +%s); }
+  if [ -t 1 ]; then
+    printf '\r  %s ' "$progress"
+  elif [ $(($(date +%s) - shown)) -ge 5 ]; then
+    echo "  $progress"
+    shown=$(date +%s)
+  fi
+  [ "$mails" -ge "$EMAIL_DISPATCHED" ] && [ "$sms" -ge "$SMS_DISPATCHED" ] \
+    && [ "$email_sent" -ge "$EMAIL_DISPATCHED" ] && [ "$sms_sent" -ge "$SMS_DISPATCHED" ] && break
+  if [ $(($(date +%s) - moved)) -ge "$STALL_S" ]; then
+    echo
+    say "nothing moved for $STALL_S s"
+    break
+  fi
+  sleep 1
+done
+[ -t 1 ] && echo
+echo "  $progress"
+# A moment more, so that a message sent twice would be counted.
+sleep 2
+mails=$(run_mail)
+http_get "http://$STANDIN/_standin/stats" "$RUN_DIR/standin-stats.json"
+sms=$(json "$RUN_DIR/standin-stats.json" twilio accepted)
+sms_parts=$(json "$RUN_DIR/standin-stats.json" twilio parts)
+sms_duplicates=$(json "$RUN_DIR/standin-stats.json" twilio duplicates)
+email_sent=$(sent_feedback "$EMAIL_CAMPAIGN")
+sms_sent=$(sent_feedback "$SMS_CAMPAIGN")
+http_get "http://$SENDER_OPS/metrics" "$RUN_DIR/sender-metrics.txt" || : >"$RUN_DIR/sender-metrics.txt"
+
+# DKIM: a sample of this run's messages, checked offline against the demo's public key.
+dkim_line="no message to check"
+mapfile -t sample < <(head -n 20 "$RUN_DIR/mail.txt")
+if [ ${#sample[@]} -gt 0 ]; then
+  if "$STATE/venv/bin/python" deploy/local/dkim_verify.py --txt "$DKIM_TXT" "${sample[@]}" \
+    >"$RUN_DIR/dkim.jsonl"; then
+    dkim_line="${#sample[@]} of ${#sample[@]} sampled signatures verify (d=tocsin.localhost, s=local, rsa-sha256)"
+  else
+    dkim_line="FAILED on a sampled message: see $RUN_DIR/dkim.jsonl"
+  fi
+fi
+
+# One message of each channel, as it arrived.
+sample_email=$(python3 - "$(head -n 1 "$RUN_DIR/mail.txt")" <<'PY'
+import email, sys
+from email import policy
+if sys.argv[1]:
+    with open(sys.argv[1], "rb") as f:
+        message = email.message_from_binary_file(f, policy=policy.default)
+    print(message["Subject"])
+PY
+)
+http_get "http://$STANDIN/_standin/messages?provider=twilio" "$RUN_DIR/standin-messages.json" \
+  || echo '[]' >"$RUN_DIR/standin-messages.json"
+sample_sms=$(python3 - "$RUN_DIR/standin-messages.json" <<'PY'
+import json, sys
+messages = json.load(open(sys.argv[1]))
+if messages:
+    m = messages[0]
+    print(f"{m['body']} ({m['parts']} part{'s' if m['parts'] > 1 else ''})")
+PY
+)
+
+# ---------------------------------------------------------------------------------------
+suppressed() {
+  python3 - "$1" <<'PY'
+import json, sys
+counters = json.load(open(sys.argv[1]))["counters"]
+reasons = counters.get("suppressed") or {}
+parts = [f"{reason} {n}" for reason, n in sorted(reasons.items())]
+for key in ("expired", "dropped"):
+    if counters.get(key):
+        parts.append(f"{key} {counters[key]}")
+print(", ".join(parts) or "none")
+PY
+}
+# The SMS provider's budget, as the sender saw it: its current rate and the mean wait.
+throttling() {
+  python3 - "$1" <<'PY'
+import re, sys
+values = {}
+for line in open(sys.argv[1]):
+    m = re.match(r'(tocsin_sender_\w+)\{[^}]*provider="twilio_local"[^}]*\} (\S+)', line)
+    if m:
+        values[m.group(1)] = float(m.group(2))
+count = values.get("tocsin_sender_throttle_wait_seconds_count", 0)
+wait = values.get("tocsin_sender_throttle_wait_seconds_sum", 0) / count if count else 0
+rate = values.get("tocsin_sender_rate_limit", 0)
+print(f"sender budget {rate:g} parts/s, mean wait for it {wait:.1f} s")
+PY
+}
+BLAST_S=$(calc "max($T_MAIL, $T_SMS) - $T_BLAST" .1f)
+MAIL_S=$(calc "$T_MAIL - $T_BLAST" .1f)
+SMS_S=$(calc "$T_SMS - $T_BLAST" .1f)
+TOTAL_S=$(since "$T0")
+
+echo
+say "summary of run $RUN"
+row() { printf '  %-37s %s\n' "$1" "$2"; }
+row "contacts published" "$PUBLISHED (segment $SEGMENT, $PUBLISH_RATE events/s)"
+EMAIL_PLANNED=$(json "$EMAIL_FILE" counters planned)
+SMS_PLANNED=$(json "$SMS_FILE" counters planned)
+row "planned" "e-mail $EMAIL_PLANNED, SMS $SMS_PLANNED (consent on record: $EMAIL_CONSENT, $SMS_CONSENT)"
+row "suppressed, e-mail" "$(suppressed "$EMAIL_FILE")"
+row "suppressed, SMS" "$(suppressed "$SMS_FILE")"
+row "e-mails received by the SMTP server" "$mails of $EMAIL_DISPATCHED dispatched, in $MAIL_S s ($(calc "$mails / max($MAIL_S, 0.1)" .1f)/s; files in $STATE/mail/new to +$TAG)"
+row "DKIM" "$dkim_line"
+row "SMS accepted by the Twilio stand-in" "$sms of $SMS_DISPATCHED dispatched, $sms_parts parts, $sms_duplicates duplicates, in $SMS_S s ($(calc "$sms_parts / max($SMS_S, 0.1)" .1f) parts/s; $(throttling "$RUN_DIR/sender-metrics.txt"))"
+row "sample e-mail, subject" "${sample_email:-none}"
+row "sample SMS" "${sample_sms:-none}"
+outcomes() {
+  python3 - "$1" <<'PY'
+import json, sys
+outcomes = json.load(open(sys.argv[1]))["counters"].get("outcomes") or {}
+others = [f"{k} {v}" for k, v in sorted(outcomes.items()) if v and k != "sent"]
+print(f"sent {outcomes.get('sent', 0)}" + "".join(f", {o}" for o in others))
+PY
+}
+row "feedback, as the planner counted it" "e-mail: $(outcomes "$EMAIL_FILE"); SMS: $(outcomes "$SMS_FILE")"
+row "blast" "$BLAST_S s from scheduling to the last message, $(calc "($mails + $sms) / max($BLAST_S, 0.1)" .1f) messages/s"
+row "whole demo" "$TOTAL_S s (stack, build and start-up included)"
+
+status=0
+# Every generated address is valid and unique: exactly the consenting contacts are planned.
+[ "$EMAIL_PLANNED" -eq "$EMAIL_CONSENT" ] || { say "e-mail: $EMAIL_PLANNED planned, $EMAIL_CONSENT consent"; status=1; }
+[ "$SMS_PLANNED" -eq "$SMS_CONSENT" ] || { say "SMS: $SMS_PLANNED planned, $SMS_CONSENT consent"; status=1; }
+[ "$mails" -eq "$EMAIL_DISPATCHED" ] || { say "e-mails: $mails received, $EMAIL_DISPATCHED expected"; status=1; }
+[ "$sms" -eq "$SMS_DISPATCHED" ] || { say "SMS: $sms accepted, $SMS_DISPATCHED expected"; status=1; }
+[ "$sms_duplicates" -eq 0 ] || { say "SMS: $sms_duplicates sent twice"; status=1; }
+[ "$email_sent" -eq "$EMAIL_DISPATCHED" ] || { say "feedback: $email_sent e-mails sent, $EMAIL_DISPATCHED expected"; status=1; }
+[ "$sms_sent" -eq "$SMS_DISPATCHED" ] || { say "feedback: $sms_sent SMS sent, $SMS_DISPATCHED expected"; status=1; }
+case "$dkim_line" in FAILED*) status=1 ;; esac
+if [ "$status" -ne 0 ]; then
+  say "something did not arrive: see $DEMO/{planner,renderer,sender,api,standins}.log"
+  exit 1
+fi
+say "every message arrived, and its feedback"

@@ -1,0 +1,14 @@
+//! `tocsin-tracker`: see the crate documentation.
+
+use anyhow::Context;
+use tocsin_runtime::ConfigLoader;
+use tocsin_tracker::Config;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config: Config = ConfigLoader::from_process(Some(tocsin_tracker::config::DEFAULTS))
+        .load()
+        .context("loading configuration")?;
+    tocsin_runtime::telemetry::init(&config.log).map_err(anyhow::Error::msg)?;
+    tocsin_tracker::run(config, tocsin_runtime::shutdown::signal()).await
+}
