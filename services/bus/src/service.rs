@@ -18,7 +18,7 @@ pub struct Base {
     pub bus_metrics: BusMetrics,
     pub producer: Producer,
     pub redis: ConnectionManager,
-    /// `configured`, or `<service>-<pid>` when that is empty.
+    /// `configured`, or `<service>-<pid>-<8 random hex>` when that is empty.
     pub instance: String,
     /// Where the ops server listens.
     pub address: SocketAddr,
@@ -63,15 +63,38 @@ pub struct Spec<'a> {
     pub topics: &'a [&'a TopicSpec],
 }
 
-impl Base {
-    pub async fn start(spec: Spec<'_>, shutdown: &CancellationToken) -> Result<Self, StartError> {
+/// A service's connections, before it serves anything: for a service that serves its
+/// own routes beside the ops routes (the tracker), see [`Connected::ops_router`].
+pub struct Connected {
+    pub registry: Registry,
+    pub bus_metrics: BusMetrics,
+    pub producer: Producer,
+    pub redis: ConnectionManager,
+    pub instance: String,
+    checks: Vec<Box<dyn tocsin_runtime::readiness::ReadinessCheck>>,
+}
+
+impl std::fmt::Debug for Connected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connected")
+            .field("instance", &self.instance)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connected {
+    /// Creates the topics, the producer and the Redis connection.
+    pub async fn connect(spec: Spec<'_>) -> Result<Self, StartError> {
         let registry = Registry::new();
         let bus_metrics = BusMetrics::register(&registry).map_err(BusError::from)?;
         admin::ensure_topics(spec.kafka, spec.topics)
             .await
             .map_err(StartError::Topics)?;
         let instance = if spec.instance.is_empty() {
-            format!("{}-{}", spec.service, std::process::id())
+            // Unique even where every replica is PID 1 (containers): instances must never
+            // share a name, they hold claims and leases under it.
+            let random = uuid::Uuid::new_v4().simple().to_string();
+            format!("{}-{}-{}", spec.service, std::process::id(), &random[..8])
         } else {
             spec.instance.to_owned()
         };
@@ -79,16 +102,43 @@ impl Base {
         let redis =
             ConnectionManager::new(tocsin_runtime::readiness::redis_client(spec.redis)?).await?;
         let checks = admin::readiness_checks(spec.kafka, spec.redis)?;
-        let (address, server) = http::spawn(
-            &spec.http.listen,
-            http::ops_router(registry.clone(), checks),
-            shutdown.clone(),
-        )
-        .await
-        .map_err(|source| StartError::Http {
-            listen: spec.http.listen.clone(),
-            source,
-        })?;
+        Ok(Connected {
+            registry,
+            bus_metrics,
+            producer,
+            redis,
+            instance,
+            checks,
+        })
+    }
+
+    /// `/metrics`, `/healthz` and `/readyz` (broker and Redis), to serve, or to merge into
+    /// a service's own router. Register the service's metrics in `registry` first or
+    /// after: the router serves whatever the registry holds.
+    pub fn ops_router(&mut self) -> axum::Router {
+        http::ops_router(self.registry.clone(), std::mem::take(&mut self.checks))
+    }
+}
+
+impl Base {
+    /// Connects ([`Connected::connect`]) and serves the ops routes on `[http] listen`.
+    pub async fn start(spec: Spec<'_>, shutdown: &CancellationToken) -> Result<Self, StartError> {
+        let mut connected = Connected::connect(spec).await?;
+        let (address, server) =
+            http::spawn(&spec.http.listen, connected.ops_router(), shutdown.clone())
+                .await
+                .map_err(|source| StartError::Http {
+                    listen: spec.http.listen.clone(),
+                    source,
+                })?;
+        let Connected {
+            registry,
+            bus_metrics,
+            producer,
+            redis,
+            instance,
+            ..
+        } = connected;
         tracing::info!(%address, instance, "{} listening", spec.service);
         Ok(Base {
             registry,

@@ -23,7 +23,7 @@ pub struct Config {
 pub struct PlannerConfig {
     /// Consumer group of the planner instances.
     pub group_id: String,
-    /// Names this instance in campaign leases and logs; empty means host name and pid.
+    /// Names this instance in campaign leases and logs; empty means `planner-<pid>-<random>`.
     #[serde(default)]
     pub instance: String,
     /// Key of the HMAC that turns an address into a suppression entry. Changing it forgets

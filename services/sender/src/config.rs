@@ -36,7 +36,8 @@ pub struct Config {
 pub struct SenderConfig {
     /// Consumer groups: `<group_id>-email` and `<group_id>-sms`.
     pub group_id: String,
-    /// Names this instance in the ledger and logs; empty means `sender-<pid>`.
+    /// Names this instance in the ledger and logs; empty means `sender-<pid>-<random>`.
+    /// Two live instances must never share a name: set it only to something unique.
     #[serde(default)]
     pub instance: String,
     /// Heartbeat period; an instance silent for 3 periods is dead and its claims are

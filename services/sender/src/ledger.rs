@@ -4,7 +4,9 @@
 //! `t:led:KEY` holds one of:
 //! - `claim|INSTANCE|MS`: INSTANCE is sending it (since MS; renewed at every attempt);
 //! - `sent|PROVIDER|PROVIDER_ID|ATTEMPT|MS`: a provider accepted it;
-//! - `failed|KIND|REASON`: it ended without being sent (permanent failure, expiry).
+//! - `failed|KIND|REASON|PROVIDER|h or -|DETAIL`: it ended without being sent (permanent
+//!   failure, expiry, cancellation), written only over no record or the writer's own
+//!   claim, never over another instance's claim or outcome.
 //!
 //! A claim is taken with one script: a key already `sent` or `failed` is not sent again
 //! (the sender re-emits its feedback); a claim held by a live instance (its `t:snd:live:I`
@@ -44,7 +46,15 @@ pub enum Claim {
         attempt: u32,
     },
     /// Already ended without being sent: re-emit its feedback.
-    Failed { kind: String, reason: String },
+    Failed {
+        /// The feedback kind (`failed`, `bounced`, `expired`, `cancelled`).
+        kind: String,
+        /// The `Reason` name.
+        reason: String,
+        provider: String,
+        hard_bounce: bool,
+        detail: String,
+    },
 }
 
 const CLAIM: &str = r"
@@ -84,6 +94,29 @@ return 0
 
 static RELEASE_SCRIPT: std::sync::LazyLock<Script> =
     std::sync::LazyLock::new(|| Script::new(RELEASE));
+
+/// Writes `ARGV[2]` over no record or over the claim prefixed `ARGV[1]`; otherwise returns
+/// the record that stays.
+const FAIL: &str = r"
+local current = redis.call('GET', KEYS[1])
+if (not current) or string.sub(current, 1, string.len(ARGV[1])) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return false
+end
+return current
+";
+
+static FAIL_SCRIPT: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| Script::new(FAIL));
+
+/// How a message ended without being sent, as the ledger keeps it.
+#[derive(Debug, Clone, Copy)]
+pub struct Ending<'a> {
+    pub kind: &'a str,
+    pub reason: &'a str,
+    pub provider: &'a str,
+    pub hard_bounce: bool,
+    pub detail: &'a str,
+}
 
 /// The ledger of one sender instance.
 #[derive(Clone)]
@@ -205,15 +238,40 @@ impl Ledger {
         self.set(idempotency_key, value).await
     }
 
-    /// Records that the message ended without being sent.
+    /// Records that the message ended without being sent, unless the ledger already says
+    /// otherwise: a record is written only over no record or this instance's own claim.
+    /// Returns what the ledger holds instead (another instance's outcome, or its claim
+    /// while it sends): the caller then reports that, not its own ending.
     pub async fn failed(
         &self,
         idempotency_key: &str,
-        kind: &str,
-        reason: &str,
-    ) -> redis::RedisResult<()> {
-        let value = format!("failed|{kind}|{}", reason.replace('|', "/"));
-        self.set(idempotency_key, value).await
+        ending: &Ending<'_>,
+    ) -> redis::RedisResult<Option<Claim>> {
+        let clean = |s: &str| s.replace('|', "/");
+        let value = format!(
+            "failed|{}|{}|{}|{}|{}",
+            clean(ending.kind),
+            clean(ending.reason),
+            clean(ending.provider),
+            if ending.hard_bounce { "h" } else { "-" },
+            clean(ending.detail)
+        );
+        let mut conn = self.redis.clone();
+        let current: Option<String> = FAIL_SCRIPT
+            .key(key(idempotency_key))
+            .arg(format!("claim|{}|", self.instance))
+            .arg(value)
+            .arg(self.ttl_ms)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(current.map(|c| {
+            if c.starts_with("claim|") {
+                let owner = c.split('|').nth(1).unwrap_or_default().to_owned();
+                Claim::Busy { owner }
+            } else {
+                parse_done(&c)
+            }
+        }))
     }
 
     async fn set(&self, idempotency_key: &str, value: String) -> redis::RedisResult<()> {
@@ -250,7 +308,10 @@ fn parse_done(record: &str) -> Claim {
         },
         _ => Claim::Failed {
             kind: fields.next().unwrap_or_default().to_owned(),
-            reason: fields.collect::<Vec<_>>().join("|"),
+            reason: fields.next().unwrap_or_default().to_owned(),
+            provider: fields.next().unwrap_or_default().to_owned(),
+            hard_bounce: fields.next() == Some("h"),
+            detail: fields.collect::<Vec<_>>().join("|"),
         },
     }
 }
@@ -270,10 +331,15 @@ mod tests {
             }
         );
         assert_eq!(
-            parse_done("failed|bounced|550 5.1.1 no such user"),
+            parse_done(
+                "failed|bounced|REASON_MAILBOX_UNAVAILABLE|smtp_local|h|550 5.1.1 no such user"
+            ),
             Claim::Failed {
                 kind: "bounced".into(),
-                reason: "550 5.1.1 no such user".into()
+                reason: "REASON_MAILBOX_UNAVAILABLE".into(),
+                provider: "smtp_local".into(),
+                hard_bounce: true,
+                detail: "550 5.1.1 no such user".into()
             }
         );
     }

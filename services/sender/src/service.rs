@@ -125,6 +125,9 @@ struct Ending {
     provider_message_id: String,
     attempt: u32,
     bounce: v1::BounceClass,
+    /// Whether the ledger keeps this ending (not for "no provider": a configuration
+    /// mistake, and the message must send when replayed from the DLQ once fixed).
+    record: bool,
 }
 
 impl Ending {
@@ -137,6 +140,7 @@ impl Ending {
             provider_message_id: String::new(),
             attempt: 0,
             bounce: v1::BounceClass::Unspecified,
+            record: true,
         }
     }
 
@@ -236,15 +240,49 @@ impl Sender {
         trace: &TraceContext,
     ) -> Result<(), HandleError> {
         let key = rendered.outgoing().idempotency_key().to_owned();
-        if ending.kind != v1::FeedbackKind::Sent {
-            let record = format!("{} {}", ending.reason.as_str_name(), ending.detail);
-            self.ledger
-                .failed(&key, &ending.kind_name(), &record)
+        if ending.kind != v1::FeedbackKind::Sent && ending.record {
+            let kind = ending.kind_name();
+            let recorded = self
+                .ledger
+                .failed(
+                    &key,
+                    &crate::ledger::Ending {
+                        kind: &kind,
+                        reason: ending.reason.as_str_name(),
+                        provider: &ending.provider,
+                        hard_bounce: ending.bounce == v1::BounceClass::Hard,
+                        detail: &ending.detail,
+                    },
+                )
                 .await
                 .map_err(HandleError::transient)?;
+            // Another instance sent it, or ended it, or is sending it now: its outcome
+            // is the message's, not this one.
+            match recorded {
+                None => {}
+                Some(Claim::Busy { owner }) => {
+                    return Err(HandleError::transient(format!(
+                        "instance {owner} is sending it"
+                    )));
+                }
+                Some(done) => return self.replay(rendered, done, trace).await,
+            }
         }
-        self.publish(rendered, &ending, trace).await?;
-        if ending.reason == v1::Reason::RecipientOptedOut {
+        self.announce(rendered, &ending, trace).await
+    }
+
+    /// Publishes an ending, and for an opt-out at the provider the `unsubscribed` the
+    /// planner needs too.
+    async fn announce(
+        &self,
+        rendered: &Rendered,
+        ending: &Ending,
+        trace: &TraceContext,
+    ) -> Result<(), HandleError> {
+        self.publish(rendered, ending, trace).await?;
+        if ending.reason == v1::Reason::RecipientOptedOut
+            && ending.kind != v1::FeedbackKind::Unsubscribed
+        {
             let mut unsubscribed = Ending::new(
                 v1::FeedbackKind::Unsubscribed,
                 v1::Reason::RecipientOptedOut,
@@ -346,6 +384,17 @@ impl Sender {
         rendered: &Rendered,
         trace: &TraceContext,
     ) -> Result<Result<(), HandleError>, Retry> {
+        // A redelivered message that already ended: its outcome again, nothing sent, no
+        // budget spent, whatever happened to its campaign or its expiry since.
+        let key = rendered.outgoing().idempotency_key();
+        if let Some(done) = self
+            .ledger
+            .peek(key)
+            .await
+            .map_err(|e| Retry(format!("ledger: {e}")))?
+        {
+            return Ok(self.replay(rendered, done, trace).await);
+        }
         if let Some(ending) = self.campaign_gate(rendered).await? {
             return Ok(self.end(rendered, ending, trace).await);
         }
@@ -356,17 +405,6 @@ impl Sender {
                 "reached the sender after its expiry",
             );
             return Ok(self.end(rendered, ending, trace).await);
-        }
-        // A redelivered message that already ended: its outcome again, nothing sent, no
-        // budget spent.
-        let key = rendered.outgoing().idempotency_key();
-        if let Some(done) = self
-            .ledger
-            .peek(key)
-            .await
-            .map_err(|e| Retry(format!("ledger: {e}")))?
-        {
-            return Ok(self.replay(rendered, done, trace).await);
         }
         self.attempts(rendered, trace).await
     }
@@ -398,16 +436,25 @@ impl Sender {
                     .inc();
                 ending
             }
-            Claim::Failed { kind, reason } => {
-                let (reason_name, detail) = reason.split_once(' ').unwrap_or((&reason, ""));
+            Claim::Failed {
+                kind,
+                reason,
+                provider,
+                hard_bounce,
+                detail,
+            } => {
                 let kind = v1::FeedbackKind::from_str_name(&format!(
                     "FEEDBACK_KIND_{}",
                     kind.to_ascii_uppercase()
                 ))
                 .unwrap_or(v1::FeedbackKind::Failed);
-                let reason =
-                    v1::Reason::from_str_name(reason_name).unwrap_or(v1::Reason::Unspecified);
-                Ending::new(kind, reason, detail)
+                let reason = v1::Reason::from_str_name(&reason).unwrap_or(v1::Reason::Unspecified);
+                let mut ending = Ending::new(kind, reason, detail);
+                ending.provider = provider;
+                if hard_bounce {
+                    ending.bounce = v1::BounceClass::Hard;
+                }
+                return self.announce(rendered, &ending, trace).await;
             }
             Claim::New | Claim::TakenOver { .. } | Claim::Busy { .. } => return Ok(()),
         };
@@ -486,7 +533,7 @@ impl Sender {
             let entry = match self.router.choose(channel, &profile) {
                 Ok(entry) => entry,
                 Err(Unavailable::NoRoute) => {
-                    let ending = Ending::new(
+                    let mut ending = Ending::new(
                         v1::FeedbackKind::Failed,
                         v1::Reason::NoProvider,
                         format!(
@@ -494,6 +541,7 @@ impl Sender {
                             channel.as_str()
                         ),
                     );
+                    ending.record = false;
                     let ended = self.end(rendered, ending, trace).await;
                     // A configuration mistake: the message also goes to the DLQ, to be
                     // replayed once a route exists.

@@ -138,7 +138,8 @@ local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 local start = math.max(tat, now, pause)
 local new_tat = start + interval / f * cost
 redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.floor((new_tat - now) / 1000) + 60000)
-local wait = start - tolerance - now
+-- A pause (Retry-After) is never shortened by the burst tolerance.
+local wait = math.max(start - tolerance, pause) - now
 if wait < 0 then wait = 0 end
 return {math.floor(wait), math.floor(f * 1000000)}
 ";
@@ -281,13 +282,17 @@ impl Throttle {
         if paused > now {
             tokio::time::sleep(Duration::from_micros(paused - now)).await;
         }
-        // A lowered rate makes each unit cost more cells of the fixed quota.
+        // A lowered rate makes each unit cost more cells of the fixed quota; a cost above
+        // the burst is taken in burst-sized chunks (the limiter refuses more at once).
         let factor = self.local_factor(&s, now);
-        let cells = ((f64::from(cost.max(1)) / factor).ceil() as u32).clamp(1, s.burst);
-        let cells = NonZeroU32::new(cells).unwrap_or(NonZeroU32::MIN);
-        // `cells <= burst`, so the limiter can always grant it eventually. The wait happens
-        // here: what is left to wait afterwards is nothing.
-        let _ = s.limiter.until_n_ready(cells).await;
+        let mut cells = (f64::from(cost.max(1)) / factor).ceil() as u32;
+        while cells > 0 {
+            let chunk = cells.min(s.burst);
+            cells -= chunk;
+            let chunk = NonZeroU32::new(chunk).unwrap_or(NonZeroU32::MIN);
+            // `chunk <= burst`: always granted eventually. The wait happens here.
+            let _ = s.limiter.until_n_ready(chunk).await;
+        }
         Reservation {
             wait: Duration::ZERO,
             rate: rate * factor,

@@ -190,3 +190,22 @@ async fn local_budgets_hold_the_limit_with_the_real_clock() {
         max_in_window(&grants, 1_000_000)
     );
 }
+
+#[tokio::test]
+async fn a_burst_never_shortens_a_retry_after() {
+    let conn = redis().await;
+    let t0 = 1_800_000_000_000_000u64;
+    let clock = Arc::new(AtomicU64::new(t0));
+    let throttle = Throttle::new(config(Mode::Shared), conn, Clock::Manual(clock.clone()));
+    let scope = stack::unique("burst-pause");
+    let limit = Limit {
+        per_second: 10.0,
+        burst: 5,
+    };
+    throttle
+        .slow_down(&scope, Some(Duration::from_secs(3)))
+        .await
+        .expect("slow down");
+    let r = throttle.reserve(&scope, limit, 1).await.expect("reserve");
+    assert_eq!(r.wait, Duration::from_secs(3), "nothing before Retry-After");
+}

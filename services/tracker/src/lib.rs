@@ -45,10 +45,8 @@ use anyhow::Context;
 use axum::Router;
 use axum::routing::{get, post};
 use redis::aio::ConnectionManager;
-use tocsin_bus::{BusMetrics, Producer, admin};
+use tocsin_bus::service::{Connected, Spec};
 use tocsin_renderer::tokens::Signer;
-use tocsin_runtime::http;
-use tocsin_runtime::readiness::redis_client;
 
 pub use config::Config;
 
@@ -155,22 +153,23 @@ pub async fn run(
     let shutdown = tocsin_runtime::shutdown::token(shutdown);
     let verifiers = Verifiers::build(&config.tracker)?;
     let topics = config.kafka.topics.clone();
-    admin::ensure_topics(&config.kafka, &[&topics.feedback])
-        .await
-        .context("creating topics")?;
-    let instance = if config.tracker.instance.is_empty() {
-        format!("tracker-{}", std::process::id())
-    } else {
-        config.tracker.instance.clone()
-    };
-    let registry = prometheus::Registry::new();
-    let bus_metrics = BusMetrics::register(&registry)?;
-    let metrics = TrackerMetrics::register(&registry)?;
-    let producer = Producer::new(&config.kafka, &instance, bus_metrics)?;
-    let redis = ConnectionManager::new(redis_client(&config.redis)?)
-        .await
-        .context("connecting to Redis")?;
-    let checks = admin::readiness_checks(&config.kafka, &config.redis)?;
+    let mut connected = Connected::connect(Spec {
+        service: "tracker",
+        instance: &config.tracker.instance,
+        kafka: &config.kafka,
+        redis: &config.redis,
+        http: &config.http,
+        topics: &[&topics.feedback],
+    })
+    .await?;
+    let metrics = TrackerMetrics::register(&connected.registry)?;
+    let ops = connected.ops_router();
+    let Connected {
+        producer,
+        redis,
+        instance,
+        ..
+    } = connected;
     let tracker = &config.tracker;
     let state = Arc::new(AppState {
         signer: Signer::new(tracker.token_key.clone()),
@@ -188,7 +187,7 @@ pub async fn run(
         sendgrid: verifiers.sendgrid,
         brevo: verifiers.brevo,
     });
-    let app = router(state).merge(http::ops_router(registry, checks));
+    let app = router(state).merge(ops);
     let listener = tokio::net::TcpListener::bind(&config.http.listen)
         .await
         .with_context(|| format!("binding {}", config.http.listen))?;
