@@ -107,6 +107,24 @@ pub fn email(
     locale: &str,
 ) -> Result<CompliantEmail, TokenError> {
     let url = unsubscribe_url(profile, signer, who.campaign_id, who.contact_id)?;
+    Ok(email_with_unsubscribe(
+        parts,
+        profile,
+        url,
+        idempotency_key,
+        locale,
+    ))
+}
+
+/// [`email`] with the recipient's [`unsubscribe_url`] already made (the renderer makes it
+/// once per message: templates can show it too).
+pub fn email_with_unsubscribe(
+    parts: EmailParts,
+    profile: &SenderProfile,
+    url: String,
+    idempotency_key: &str,
+    locale: &str,
+) -> CompliantEmail {
     let token = url.rsplit('/').next().unwrap_or_default();
     let headers = vec![
         (
@@ -140,7 +158,7 @@ pub fn email(
         .text
         .unwrap_or_else(|| crate::text::from_html(&parts.html));
     let text = Some(format!("{text}{footer_text}"));
-    Ok(CompliantEmail {
+    CompliantEmail {
         parts: EmailParts {
             subject: parts.subject,
             html,
@@ -149,7 +167,7 @@ pub fn email(
         message_id: message_id(idempotency_key, &profile.message_id_domain),
         headers,
         unsubscribe_url: url,
-    })
+    }
 }
 
 /// Names the sender at the start and the STOP mention at the end, unless the template

@@ -244,7 +244,7 @@ impl Composer {
                     "sms": profile.sms_sender,
                 }),
             ),
-            ("unsubscribe_url", Value::from(unsubscribe)),
+            ("unsubscribe_url", Value::from(unsubscribe.as_str())),
         ]);
         let data = contact_data(&contact, &extra);
         let locale = if contact.locale.is_empty() {
@@ -296,14 +296,13 @@ impl Composer {
                     )?
                     .0;
                 }
-                let mut email = compliance::email(
+                let mut email = compliance::email_with_unsubscribe(
                     parts,
                     profile,
-                    &self.signer,
-                    who,
+                    unsubscribe,
                     &job.idempotency_key,
                     locale,
-                )?;
+                );
                 if tracking.open_pixel {
                     let url = tracking::open_url(&profile.tracker_base_url, &self.signer, who)?;
                     email.parts.html = tracking::add_pixel(&email.parts.html, &url);

@@ -36,7 +36,7 @@ use sha2::{Digest, Sha256};
 use tocsin_contracts::v1;
 
 use super::http::{self, Answer, Classifier, ConfigError, ResetHeader};
-use super::{Accepted, Outgoing, Permanent, Provider, SendError};
+use super::{Accepted, Outgoing, Provider, SendError};
 
 pub const DEFAULT_BASE_URL: &str = "https://api.brevo.com";
 
@@ -267,25 +267,7 @@ impl BrevoProvider {
     }
 
     async fn send_email(&self, email: &v1::RenderedEmail) -> Result<Accepted, SendError> {
-        let from = http::mailbox(&email.from).ok_or_else(|| {
-            SendError::permanent(
-                Permanent::Rejected,
-                format!(
-                    "{}: the From address {:?} is not valid",
-                    self.name, email.from
-                ),
-            )
-        })?;
-        let reply_to = if email.reply_to.trim().is_empty() {
-            None
-        } else {
-            Some(http::mailbox(&email.reply_to).ok_or_else(|| {
-                SendError::permanent(
-                    Permanent::Rejected,
-                    format!("{}: the Reply-To address is not valid", self.name),
-                )
-            })?)
-        };
+        let (from, reply_to) = http::sender_mailboxes(&self.name, email)?;
         let body = self.email_body(email, &from, reply_to.as_ref());
         let answer = self.post(&self.email_endpoint, &body).await?;
         if answer.status.is_success() {

@@ -331,6 +331,31 @@ pub struct Mailbox {
     pub email: String,
 }
 
+/// A rendered e-mail's `From` and optional `Reply-To`, parsed; an unparsable one is a
+/// permanent refusal naming `provider`.
+pub fn sender_mailboxes(
+    provider: &str,
+    email: &tocsin_contracts::v1::RenderedEmail,
+) -> Result<(Mailbox, Option<Mailbox>), SendError> {
+    let from = mailbox(&email.from).ok_or_else(|| {
+        SendError::permanent(
+            Permanent::Rejected,
+            format!("{provider}: the From address {:?} is not valid", email.from),
+        )
+    })?;
+    let reply_to = if email.reply_to.trim().is_empty() {
+        None
+    } else {
+        Some(mailbox(&email.reply_to).ok_or_else(|| {
+            SendError::permanent(
+                Permanent::Rejected,
+                format!("{provider}: the Reply-To address is not valid"),
+            )
+        })?)
+    };
+    Ok((from, reply_to))
+}
+
 /// Parses the `From` / `Reply-To` forms the renderer produces. `None` when there is no
 /// plausible address in it.
 pub fn mailbox(raw: &str) -> Option<Mailbox> {

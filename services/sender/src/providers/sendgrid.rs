@@ -199,25 +199,7 @@ impl SendGridProvider {
     }
 
     async fn send_email(&self, email: &v1::RenderedEmail) -> Result<Accepted, SendError> {
-        let from = http::mailbox(&email.from).ok_or_else(|| {
-            SendError::permanent(
-                Permanent::Rejected,
-                format!(
-                    "{}: the From address {:?} is not valid",
-                    self.name, email.from
-                ),
-            )
-        })?;
-        let reply_to = if email.reply_to.trim().is_empty() {
-            None
-        } else {
-            Some(http::mailbox(&email.reply_to).ok_or_else(|| {
-                SendError::permanent(
-                    Permanent::Rejected,
-                    format!("{}: the Reply-To address is not valid", self.name),
-                )
-            })?)
-        };
+        let (from, reply_to) = http::sender_mailboxes(&self.name, email)?;
         let body = self.body(email, &from, reply_to.as_ref());
         let response = self
             .client
