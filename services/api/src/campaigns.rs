@@ -506,6 +506,7 @@ async fn publish(
             source: "api".to_owned(),
         }),
         campaign_id: id.to_owned(),
+        sequence_id: String::new(),
         requested_by: who.to_owned(),
         command: Some(command),
     };

@@ -384,6 +384,8 @@ async fn campaigns_are_scheduled_read_paused_resumed_and_cancelled() {
             Some(v1::campaign_command::Command::Pause(_)) => "pause",
             Some(v1::campaign_command::Command::Resume(_)) => "resume",
             Some(v1::campaign_command::Command::Cancel(_)) => "cancel",
+            Some(v1::campaign_command::Command::DefineSequence(_)) => "define-sequence",
+            Some(v1::campaign_command::Command::RetireSequence(_)) => "retire-sequence",
             None => "none",
         })
         .collect();

@@ -42,18 +42,26 @@ pub struct Topics {
     pub jobs: TopicSpec,
     pub outbound_email: TopicSpec,
     pub outbound_sms: TopicSpec,
+    /// The triggered lane (sequences): the same messages as `jobs` and `outbound_*`, on
+    /// topics of their own so that they never queue behind a blast's backlog.
+    pub jobs_triggered: TopicSpec,
+    pub outbound_email_triggered: TopicSpec,
+    pub outbound_sms_triggered: TopicSpec,
     pub feedback: TopicSpec,
     pub dlq: TopicSpec,
 }
 
 impl Topics {
-    pub fn all(&self) -> [&TopicSpec; 7] {
+    pub fn all(&self) -> [&TopicSpec; 10] {
         [
             &self.segments,
             &self.campaigns,
             &self.jobs,
             &self.outbound_email,
             &self.outbound_sms,
+            &self.jobs_triggered,
+            &self.outbound_email_triggered,
+            &self.outbound_sms_triggered,
             &self.feedback,
             &self.dlq,
         ]

@@ -115,8 +115,49 @@ impl Validate for v1::CampaignCommand {
     fn validate(&self) -> Result<(), ValidationError> {
         use v1::campaign_command::Command;
         meta(self.meta.as_ref())?;
-        identifier("campaignId", &self.campaign_id)?;
+        if let Some(Command::DefineSequence(_) | Command::RetireSequence(_)) = &self.command {
+            identifier("sequenceId", &self.sequence_id)?;
+        } else {
+            identifier("campaignId", &self.campaign_id)?;
+        }
         match &self.command {
+            Some(Command::DefineSequence(define)) => {
+                let definition = define.definition.as_ref().ok_or(ValidationError {
+                    field: "defineSequence.definition",
+                    problem: "is required",
+                })?;
+                if define.version == 0 {
+                    return Err(ValidationError {
+                        field: "defineSequence.version",
+                        problem: "is required (assigned by the API, from 1)",
+                    });
+                }
+                identifier(
+                    "defineSequence.definition.triggerSegmentId",
+                    &definition.trigger_segment_id,
+                )?;
+                if definition.steps.is_empty() {
+                    return Err(ValidationError {
+                        field: "defineSequence.definition.steps",
+                        problem: "needs at least one step",
+                    });
+                }
+                for step in &definition.steps {
+                    identifier(
+                        "defineSequence.definition.steps[].templateId",
+                        &step.template_id,
+                    )?;
+                    channel("defineSequence.definition.steps[].channel", step.channel)?;
+                    if step.template_version == 0 {
+                        return Err(ValidationError {
+                            field: "defineSequence.definition.steps[].templateVersion",
+                            problem: "is required (pinned when the version is defined)",
+                        });
+                    }
+                }
+                Ok(())
+            }
+            Some(Command::RetireSequence(_)) => Ok(()),
             Some(Command::Schedule(blast)) => {
                 identifier("schedule.segmentId", &blast.segment_id)?;
                 identifier("schedule.templateId", &blast.template_id)?;
@@ -125,7 +166,7 @@ impl Validate for v1::CampaignCommand {
             }
             Some(Command::Pause(_) | Command::Resume(_) | Command::Cancel(_)) => Ok(()),
             None => Err(ValidationError {
-                field: "schedule|pause|resume|cancel",
+                field: "schedule|pause|resume|cancel|defineSequence|retireSequence",
                 problem: "one of them is required",
             }),
         }

@@ -54,6 +54,9 @@ pub fn service_env(test: &str, partitions: i32, redis_db: u8) -> Vec<(String, St
         "jobs",
         "outbound_email",
         "outbound_sms",
+        "jobs_triggered",
+        "outbound_email_triggered",
+        "outbound_sms_triggered",
         "feedback",
         "dlq",
     ] {

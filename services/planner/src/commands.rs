@@ -39,6 +39,10 @@ impl Handler for CommandsHandler {
             Some(Command::Pause(_)) => self.apply(&mut conn, id, campaign::Command::Pause).await,
             Some(Command::Resume(_)) => self.apply(&mut conn, id, campaign::Command::Resume).await,
             Some(Command::Cancel(_)) => self.apply(&mut conn, id, campaign::Command::Cancel).await,
+            Some(Command::DefineSequence(_)) | Some(Command::RetireSequence(_)) => {
+                // Applied by the sequence store (issue 7, in progress).
+                Ok(())
+            }
             None => Ok(()),
         };
         result.map_err(HandleError::transient)

@@ -12,6 +12,7 @@
 //! - [`engine`]: fan-out in checkpointed, atomic steps under a per-campaign lease.
 //! - [`dispatch`]: the durable schedule's due jobs, re-checked and published.
 //! - [`feedback`]: the `tocsin.feedback` handler: suppression and campaign counters.
+//! - [`sequence`]: automated sequences: definitions, enrolments, their steps.
 //! - [`metrics`]: Prometheus counters.
 
 pub mod campaign;
@@ -26,6 +27,7 @@ pub mod ingest;
 pub mod keys;
 pub mod metrics;
 pub mod quiet_hours;
+pub mod sequence;
 pub mod store;
 
 use std::sync::Arc;

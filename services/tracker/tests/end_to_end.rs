@@ -186,6 +186,7 @@ async fn an_unsubscribe_from_blast_a_is_honoured_by_blast_b() {
             source: "api".into(),
         }),
         campaign_id: campaign_b.clone(),
+        sequence_id: String::new(),
         requested_by: "test".into(),
         command: Some(v1::campaign_command::Command::Schedule(blast(&segment))),
     };

@@ -81,6 +81,7 @@ impl Harness {
                 source: "test".into(),
             }),
             campaign_id: campaign_id.to_owned(),
+            sequence_id: String::new(),
             requested_by: "test".into(),
             command: Some(command),
         };
