@@ -23,172 +23,22 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-cd "$ROOT"
 STATE="${TOCSIN_STACK_DIR:-$ROOT/.stack}"
 DEMO="$STATE/demo"
+SAY_AS=demo
 CONTACTS="${TOCSIN_DEMO_CONTACTS:-2000}"
 SEED="${TOCSIN_DEMO_SEED:-2026}"
 STALL_S="${TOCSIN_DEMO_STALL_S:-120}"
-STANDIN="127.0.0.1:4010"
-API="127.0.0.1:8080"
-PLANNER_OPS="127.0.0.1:9181"
-RENDERER_OPS="127.0.0.1:9182"
-SENDER_OPS="127.0.0.1:9183"
-# Secrets, handed to the sender's process only. The stand-in accepts the token it is given.
-SMTP_PASSWORD="${TOCSIN_SMTP_PASSWORD:-local-smtp-password}"
-TWILIO_AUTH_TOKEN="standin-twilio-auth-token"
-SMS_QUIET_HOURS="1-7@00:00-24:00"
-export PATH="$HOME/.cargo/bin:$PATH"
-export TOCSIN_API_URL="http://$API"
-export TOCSIN_API_TOKEN="local-operator-token"
+# shellcheck source=deploy/local/services.sh
+source "$ROOT/deploy/local/services.sh"
 
-say() { printf '\033[1m[demo]\033[0m %s\n' "$*"; }
-die() { printf '\033[1;31m[demo]\033[0m %s\n' "$*" >&2; exit 1; }
-now() { date +%s.%N; }
-# Arithmetic on decimals in Python: bash has none, and printf's reads the locale's comma.
-calc() { python3 -c "import sys; print(format(eval(sys.argv[1]), sys.argv[2]))" "$1" "$2"; }
-since() { calc "$(now) - $1" .1f; }
-
-# A JSON value: `json FILE PATH...` prints FILE's value at PATH (keys and indices).
-json() {
-  python3 - "$@" <<'PY'
-import json, sys
-value = json.load(open(sys.argv[1]))
-for key in sys.argv[2:]:
-    if isinstance(value, list):
-        value = value[int(key)]
-    else:
-        value = value.get(key, 0) if isinstance(value, dict) else 0
-print(json.dumps(value) if isinstance(value, (dict, list)) else value)
-PY
-}
-
-# GET URL into a file; fails on a non-2xx answer or no answer.
-http_get() {
-  python3 - "$1" "$2" <<'PY'
-import sys, urllib.request
-try:
-    with urllib.request.urlopen(sys.argv[1], timeout=5) as answer:
-        open(sys.argv[2], "wb").write(answer.read())
-except Exception:
-    sys.exit(1)
-PY
-}
-
-port_open() { (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null; }
-
-# Where the stack is, when stack.sh was told to put it elsewhere than config/ says.
-stack_env=()
-[ -z "${TOCSIN_BROKER_PORT:-}" ] || stack_env+=(TOCSIN__KAFKA__BROKERS="127.0.0.1:$TOCSIN_BROKER_PORT")
-[ -z "${TOCSIN_REDIS_PORT:-}" ] || stack_env+=(TOCSIN__REDIS__URL="redis://127.0.0.1:$TOCSIN_REDIS_PORT/0")
-
-# ---------------------------------------------------------------------------------------
-# Processes: started here, stopped on exit (by their own pid), never the stack.
-
-PIDS=()
-NAMES=()
-stop_all() {
-  local i pid
-  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-    pid=${PIDS[i]}
-    kill -0 "$pid" 2>/dev/null || continue
-    kill -TERM "$pid" 2>/dev/null || true
-  done
-  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-    pid=${PIDS[i]}
-    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    if kill -0 "$pid" 2>/dev/null; then
-      say "${NAMES[i]} did not stop within 10 s: killing it"
-      kill -KILL "$pid" 2>/dev/null || true
-    fi
-  done
-  [ ${#PIDS[@]} -eq 0 ] || say "stopped ${NAMES[*]} (the stack stays up: deploy/local/stack.sh down)"
-}
-trap stop_all EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# start NAME COMMAND...: in the background, output in $DEMO/NAME.log.
-start() {
-  local name=$1; shift
-  "$@" </dev/null >"$DEMO/$name.log" 2>&1 &
-  PIDS+=($!)
-  NAMES+=("$name")
-}
-
-# wait_ready NAME URL: until URL answers 2xx, while the process lives, for 120 s.
-wait_ready() {
-  local name=$1 url=$2 pid=${PIDS[${#PIDS[@]} - 1]}
-  for _ in $(seq 1 600); do
-    http_get "$url" /dev/null && return 0
-    if ! kill -0 "$pid" 2>/dev/null; then
-      tail -n 20 "$DEMO/$name.log" >&2 || true
-      die "$name exited while starting; see $DEMO/$name.log"
-    fi
-    sleep 0.2
-  done
-  die "$name is not ready after 120 s ($url); see $DEMO/$name.log"
-}
-
-# ---------------------------------------------------------------------------------------
 T0=$(now)
 case "$CONTACTS" in '' | *[!0-9]*) die "TOCSIN_DEMO_CONTACTS must be a number, not '$CONTACTS'" ;; esac
 [ "$CONTACTS" -gt 0 ] || die "TOCSIN_DEMO_CONTACTS must be at least 1"
 # Planning and dispatching a campaign (not sending it) takes well under this.
 WATCH_S=$((300 + CONTACTS / 50))
 
-say "local stack"
-deploy/local/stack.sh up
-
-for addr in "$STANDIN" "$PLANNER_OPS" "$RENDERER_OPS" "$SENDER_OPS" "$API"; do
-  if port_open "$addr"; then
-    die "$addr is already in use, and the demo starts its own process there (the API on 8080, the Twilio stand-in on 4010, ops ports 9181-9183). Stop what listens (ss -ltnp 'sport = :${addr#*:}') and run the demo again."
-  fi
-done
-
-say "cargo build --locked --bins"
-cargo build --locked --bins
-TARGET_DIR=$(cargo metadata --format-version 1 --no-deps --locked \
-  | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
-BIN="$TARGET_DIR/debug"
-tocsin() { "$BIN/tocsin" "$@"; }
-
-mkdir -p "$DEMO"
-DKIM_KEY="$DEMO/dkim-rsa.pem"
-if [ ! -s "$DKIM_KEY" ]; then
-  say "making the demo's DKIM key ($DKIM_KEY)"
-  (umask 077 && openssl genrsa -traditional -out "$DKIM_KEY" 2048 2>/dev/null)
-fi
-DKIM_TXT="v=DKIM1; k=rsa; p=$(openssl rsa -in "$DKIM_KEY" -pubout -outform DER 2>/dev/null | base64 -w0)"
-
-say "starting tocsin-standins, tocsin-planner, tocsin-renderer, tocsin-sender, tocsin-api (logs in $DEMO)"
-start standins "$BIN/tocsin-standins" --listen "$STANDIN" --twilio-auth-token "$TWILIO_AUTH_TOKEN"
-wait_ready standins "http://$STANDIN/_standin/health"
-start planner env "${stack_env[@]}" TOCSIN_CONFIG=config/local/planner.toml TOCSIN__HTTP__LISTEN="$PLANNER_OPS" \
-  "$BIN/tocsin-planner"
-wait_ready planner "http://$PLANNER_OPS/readyz"
-start renderer env "${stack_env[@]}" TOCSIN_CONFIG=config/local/renderer.toml TOCSIN__HTTP__LISTEN="$RENDERER_OPS" \
-  "$BIN/tocsin-renderer"
-wait_ready renderer "http://$RENDERER_OPS/readyz"
-sender_env=(TOCSIN_CONFIG=config/local/sender.toml TOCSIN__HTTP__LISTEN="$SENDER_OPS")
-if [ "$STATE" != "$ROOT/.stack" ]; then
-  sender_env+=(TOCSIN__SENDER__PROVIDERS__SMTP_LOCAL__API__CA_FILE="$STATE/smtp/ca.pem")
-fi
-[ -z "${TOCSIN_SMTP_PORT:-}" ] || sender_env+=(TOCSIN__SENDER__PROVIDERS__SMTP_LOCAL__API__PORT="$TOCSIN_SMTP_PORT")
-[ -z "${TOCSIN_SMTP_USER:-}" ] || sender_env+=(TOCSIN__SENDER__PROVIDERS__SMTP_LOCAL__API__USERNAME="$TOCSIN_SMTP_USER")
-# The secrets are exported in the sender's own process only, never on a command line.
-run_sender() {
-  export TOCSIN__SENDER__PROVIDERS__SMTP_LOCAL__API__PASSWORD="$SMTP_PASSWORD"
-  TOCSIN__SENDER__PROVIDERS__SMTP_LOCAL__API__DKIM__PRIVATE_KEY=$(cat "$DKIM_KEY")
-  export TOCSIN__SENDER__PROVIDERS__SMTP_LOCAL__API__DKIM__PRIVATE_KEY
-  export TOCSIN__SENDER__PROVIDERS__TWILIO_LOCAL__API__AUTH_TOKEN="$TWILIO_AUTH_TOKEN"
-  exec env "${stack_env[@]}" "${sender_env[@]}" "$BIN/tocsin-sender"
-}
-start sender run_sender
-wait_ready sender "http://$SENDER_OPS/readyz"
-start api env "${stack_env[@]}" TOCSIN_CONFIG=config/local/api.toml TOCSIN__HTTP__LISTEN="$API" "$BIN/tocsin-api"
-wait_ready api "http://$API/readyz"
-say "all ready after $(since "$T0") s"
+start_services
 
 # ---------------------------------------------------------------------------------------
 RUN=$(date +%Y%m%d-%H%M%S)

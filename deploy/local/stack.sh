@@ -120,7 +120,8 @@ up() {
     say "redis already running on 127.0.0.1:$REDIS_PORT"
   else
     port_open "$REDIS_PORT" && die "port $REDIS_PORT is taken by another process"
-    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$STATE/redis" \
+    # 32 databases: each test binary that owns its Redis state gets one of its own.
+    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$STATE/redis" --databases 32 \
       --appendonly yes --appendfsync everysec --save "" \
       --daemonize yes --pidfile "$STATE/redis.pid" --logfile "$STATE/redis.log"
     wait_port redis "$REDIS_PORT" "$STATE/redis.pid"

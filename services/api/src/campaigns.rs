@@ -328,37 +328,11 @@ impl CampaignRequest {
         zone.parse::<Tz>().map_err(|_| {
             ApiError::invalid("timeZone", format!("{zone:?} is not an IANA time zone"))
         })?;
-        let quiet_hours = match &self.quiet_hours {
-            None => None,
-            Some(q) => {
-                let mut windows = Vec::new();
-                for (i, w) in q.windows.iter().enumerate() {
-                    let start = minutes(&format!("quietHours.windows[{i}].start"), &w.start)?;
-                    let end = minutes(&format!("quietHours.windows[{i}].end"), &w.end)?;
-                    if w.days.is_empty() {
-                        return Err(ApiError::invalid(
-                            format!("quietHours.windows[{i}].days"),
-                            "names no day",
-                        ));
-                    }
-                    for &day in &w.days {
-                        windows.push(v1::SendingWindow {
-                            iso_weekday: day,
-                            start_minute: start,
-                            end_minute: end,
-                        });
-                    }
-                }
-                let policy = v1::QuietHours {
-                    disabled: q.disabled,
-                    windows,
-                    skip_french_public_holidays: q.skip_french_public_holidays,
-                };
-                QuietHours::from_proto(Some(&policy), channel)
-                    .map_err(|e| ApiError::invalid("quietHours", e.to_string()))?;
-                Some(policy)
-            }
-        };
+        let quiet_hours = self
+            .quiet_hours
+            .as_ref()
+            .map(|q| quiet_hours("quietHours", q, channel))
+            .transpose()?;
         let expiry = match &self.expiry {
             Some(text) => parse_duration("expiry", text)?,
             None => i64::try_from(default_expiry_s).unwrap_or(21_600),
@@ -399,6 +373,41 @@ impl CampaignRequest {
     }
 }
 
+/// A quiet-hours request as the wire format has it, checked (`field` prefixes the error's
+/// field name).
+pub(crate) fn quiet_hours(
+    field: &str,
+    q: &QuietHoursRequest,
+    channel: v1::Channel,
+) -> Result<v1::QuietHours, ApiError> {
+    let mut windows = Vec::new();
+    for (i, w) in q.windows.iter().enumerate() {
+        let start = minutes(&format!("{field}.windows[{i}].start"), &w.start)?;
+        let end = minutes(&format!("{field}.windows[{i}].end"), &w.end)?;
+        if w.days.is_empty() {
+            return Err(ApiError::invalid(
+                format!("{field}.windows[{i}].days"),
+                "names no day",
+            ));
+        }
+        for &day in &w.days {
+            windows.push(v1::SendingWindow {
+                iso_weekday: day,
+                start_minute: start,
+                end_minute: end,
+            });
+        }
+    }
+    let policy = v1::QuietHours {
+        disabled: q.disabled,
+        windows,
+        skip_french_public_holidays: q.skip_french_public_holidays,
+    };
+    QuietHours::from_proto(Some(&policy), channel)
+        .map_err(|e| ApiError::invalid(field, e.to_string()))?;
+    Ok(policy)
+}
+
 async fn segment_exists(state: &AppState, segment: &str) -> Result<(), ApiError> {
     let mut conn = state.redis.clone();
     let score: Option<f64> = conn.zscore(keys::SEGMENTS, segment).await?;
@@ -415,30 +424,47 @@ async fn segment_exists(state: &AppState, segment: &str) -> Result<(), ApiError>
 /// which the campaign then keeps even if the template is edited), for the campaign's
 /// channel.
 async fn pin_template(state: &AppState, blast: &v1::ScheduleBlast) -> Result<u32, ApiError> {
+    pin(
+        state,
+        ("template", "templateVersion"),
+        &blast.template_id,
+        blast.template_version,
+        engine::channel_of(blast),
+    )
+    .await
+}
+
+/// The version of template `id` to keep: `version`, or the latest when 0. Refused (naming
+/// `fields`) when it does not exist, is deleted, or is for another channel.
+pub(crate) async fn pin(
+    state: &AppState,
+    fields: (&str, &str),
+    id: &str,
+    version: u32,
+    channel: v1::Channel,
+) -> Result<u32, ApiError> {
     let mut conn = state.redis.clone();
-    let wanted = (blast.template_version > 0).then_some(blast.template_version);
-    let id = &blast.template_id;
+    let wanted = (version > 0).then_some(version);
     let Some(template) = tocsin_templates::store::get_live(&mut conn, id, wanted).await? else {
         let known = tocsin_templates::store::get_live(&mut conn, id, None)
             .await?
             .is_some();
         return Err(match wanted {
-            Some(v) if known => ApiError::invalid(
-                "templateVersion",
-                format!("template {id:?} has no version {v}"),
-            ),
-            _ => ApiError::invalid("template", format!("unknown template {id:?}")),
+            Some(v) if known => {
+                ApiError::invalid(fields.1, format!("template {id:?} has no version {v}"))
+            }
+            _ => ApiError::invalid(fields.0, format!("unknown template {id:?}")),
         });
     };
     let channel_matches = matches!(
-        (template.draft.channel, engine::channel_of(blast)),
+        (template.draft.channel, channel),
         (tocsin_templates::Channel::Email, v1::Channel::Email)
             | (tocsin_templates::Channel::Sms, v1::Channel::Sms)
     );
     if !channel_matches {
         return Err(ApiError::invalid(
-            "template",
-            format!("template {:?} is not for this channel", blast.template_id),
+            fields.0,
+            format!("template {id:?} is not for this channel"),
         ));
     }
     Ok(template.version)
@@ -492,12 +518,23 @@ async fn view(state: &AppState, campaign: Campaign) -> Result<CampaignView, ApiE
     })
 }
 
-async fn publish(
+/// What a command is about: its Kafka key and the id field it fills.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Target<'a> {
+    Campaign(&'a str),
+    Sequence(&'a str),
+}
+
+pub(crate) async fn publish(
     state: &AppState,
-    id: &str,
+    target: Target<'_>,
     who: &str,
     command: v1::campaign_command::Command,
 ) -> Result<(), ApiError> {
+    let (campaign_id, sequence_id, id) = match target {
+        Target::Campaign(id) => (id, "", id),
+        Target::Sequence(id) => ("", id, id),
+    };
     let event_id = uuid::Uuid::now_v7().to_string();
     let event = v1::CampaignCommand {
         meta: Some(v1::EventMeta {
@@ -505,8 +542,8 @@ async fn publish(
             occurred_at: Some(tocsin_contracts::timestamp_now()),
             source: "api".to_owned(),
         }),
-        campaign_id: id.to_owned(),
-        sequence_id: String::new(),
+        campaign_id: campaign_id.to_owned(),
+        sequence_id: sequence_id.to_owned(),
         requested_by: who.to_owned(),
         command: Some(command),
     };
@@ -559,7 +596,7 @@ pub async fn create(
     // from the command (both paths are the same idempotent `campaign::create`).
     publish(
         &state,
-        &id,
+        Target::Campaign(&id),
         &caller.name,
         v1::campaign_command::Command::Schedule(blast.clone()),
     )
@@ -646,7 +683,7 @@ async fn transition(
         }
         Transition::NotFound => return Err(ApiError::NotFound(format!("no campaign {id:?}"))),
     }
-    publish(&state, &id, &caller.name, proto).await?;
+    publish(&state, Target::Campaign(&id), &caller.name, proto).await?;
     tracing::info!(campaign = %id, by = %caller.name, verb, "campaign command");
     let c = campaign::load(&mut conn, &id)
         .await?

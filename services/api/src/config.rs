@@ -39,6 +39,10 @@ pub struct ApiConfig {
     pub tokens: Vec<TokenConfig>,
     /// Largest segment a dry run walks.
     pub dry_run_limit: usize,
+    /// Sequence definitions kept as files (`*.toml`), applied at start: created, or given
+    /// a new version when the file changed. Empty: none.
+    #[serde(default)]
+    pub sequences_dir: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]

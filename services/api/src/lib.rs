@@ -7,6 +7,9 @@
 //! - [`campaigns`]: schedule (validated field by field), list, read with counters, pause,
 //!   resume, cancel (applied in Redis before the answer), dry run.
 //! - [`segments`]: sizes and masked samples.
+//! - [`sequences`]: define (a new immutable version each time, templates pinned, running
+//!   enrolments migrated only on request), list, read with the funnel, retire; the
+//!   definition files of `[api] sequences_dir`, applied at start.
 //! - [`templates`]: upload (validated, a new version each time), list, read, delete (refused
 //!   while a campaign still to send uses the template).
 //! - [`preview`]: a template rendered for a sample, stored or given contact by the
@@ -23,6 +26,7 @@ pub mod error;
 pub mod openapi;
 pub mod preview;
 pub mod segments;
+pub mod sequences;
 pub mod templates;
 
 use std::sync::Arc;
@@ -76,6 +80,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/templates/{id}/preview", post(preview::preview))
         .route("/v1/templates/{id}/test-send", post(preview::test_send))
+        .route(
+            "/v1/sequences",
+            post(sequences::create).get(sequences::list),
+        )
+        .route(
+            "/v1/sequences/{id}",
+            get(sequences::get).put(sequences::update),
+        )
+        .route("/v1/sequences/{id}/retire", post(sequences::retire))
         .route("/v1/segments", get(segments::list))
         .route("/v1/segments/{id}", get(segments::get))
         .route("/openapi.json", get(openapi::serve))
@@ -92,7 +105,10 @@ pub async fn run(
     let bus_metrics = BusMetrics::register(&registry)?;
     admin::ensure_topics(
         &config.kafka,
-        &[&config.kafka.topics.campaigns, &config.kafka.topics.jobs],
+        &[
+            &config.kafka.topics.campaigns,
+            &config.kafka.topics.jobs_triggered,
+        ],
     )
     .await
     .context("creating topics")?;
@@ -108,6 +124,14 @@ pub async fn run(
         redis,
         producer,
     });
+    if !state.config.api.sequences_dir.is_empty() {
+        tokio::spawn(sequences::keep_applying(
+            state.clone(),
+            std::path::PathBuf::from(&state.config.api.sequences_dir),
+            std::time::Duration::from_secs(5),
+            shutdown.clone(),
+        ));
+    }
     let listen = state.config.http.listen.clone();
     let app = router(state).merge(http::ops_router(registry, checks));
     let (address, server) = http::spawn(&listen, app, shutdown).await?;

@@ -6,15 +6,17 @@ use axum::Json;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{campaigns, error, preview, segments, templates};
+use crate::{campaigns, error, preview, segments, sequences, templates};
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Tocsin control API", description = "Schedule and steer blasts; read segments; upload, preview, test-send and delete templates."),
+    info(title = "Tocsin control API", description = "Schedule and steer blasts; define automated sequences and read their funnels; read segments; upload, preview, test-send and delete templates."),
     paths(
         campaigns::create, campaigns::list, campaigns::get, campaigns::pause,
         campaigns::resume, campaigns::cancel, campaigns::dry_run,
         segments::list, segments::get,
+        sequences::create, sequences::update, sequences::list, sequences::get,
+        sequences::retire,
         templates::put, templates::list, templates::get, templates::delete,
         preview::preview, preview::test_send,
     ),
@@ -23,6 +25,10 @@ use crate::{campaigns, error, preview, segments, templates};
         campaigns::Outcomes, campaigns::Rates,
         campaigns::DryRun, campaigns::Channel, campaigns::Tracking,
         campaigns::QuietHoursRequest, campaigns::WindowRequest,
+        sequences::SequenceRequest, sequences::StepRequest, sequences::ConditionRequest,
+        sequences::ExitRequest, sequences::ReEntryRequest, sequences::SequenceView,
+        sequences::StepView, sequences::Funnel, sequences::StepFunnel,
+        sequences::RetireRequest,
         segments::SegmentSummary, segments::SegmentDetail, segments::MemberSample,
         templates::TemplateUpload, templates::TemplateView, templates::TemplateSummary,
         preview::PreviewRequest, preview::ContactRequest, preview::PreviewView,

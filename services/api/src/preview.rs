@@ -507,7 +507,7 @@ pub async fn test_send(
     state
         .producer
         .publish(
-            &state.config.kafka.topics.jobs.name,
+            &state.config.kafka.topics.jobs_triggered.name,
             &contact_id,
             &event_id,
             &job,

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use redis::AsyncCommands;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tocsin_api::Config;
@@ -16,6 +17,9 @@ const OPERATOR: &str = "local-operator-token";
 /// Shared by the template preview, test send and delete tests (and the template store's):
 /// they run at the same time on it, so nothing flushes it and every id they make is unique.
 const SHARED_DB: u8 = 14;
+/// The sequence tests' own (the stack runs 32 databases).
+const SEQUENCES_DB: u8 = 19;
+const SEQUENCE_FILES_DB: u8 = 20;
 
 struct Api {
     base: String,
@@ -36,9 +40,17 @@ impl Api {
     }
 
     async fn launch(test: &str, db: u8, flush: bool) -> Api {
+        Self::launch_with(test, db, flush, &[]).await
+    }
+
+    /// With more `TOCSIN__*` variables.
+    async fn launch_with(test: &str, db: u8, flush: bool, extra: &[(&str, String)]) -> Api {
         let port = stack::free_port();
         let mut env = stack::service_env(test, 1, db);
         env.push(("TOCSIN__HTTP__LISTEN".into(), format!("127.0.0.1:{port}")));
+        for (k, v) in extra {
+            env.push(((*k).to_owned(), v.clone()));
+        }
         let config: Config = ConfigLoader::defaults_only(Some(tocsin_api::config::DEFAULTS))
             .env(env)
             .load()
@@ -142,7 +154,7 @@ impl Api {
     async fn seed(&self, segment: &str, contacts: &[v1::Contact]) {
         let mut conn = self.redis().await;
         for c in contacts {
-            store::apply_membership(&mut conn, &c.id, Membership::Enter(segment), Some(c))
+            store::apply_membership(&mut conn, &c.id, Membership::Enter(segment), Some(c), false)
                 .await
                 .expect("seed");
         }
@@ -906,7 +918,7 @@ async fn a_test_send_publishes_exactly_one_job_to_the_given_address() {
     assert_eq!(run.len(), 32, "{campaign}");
     assert_eq!(sent["idempotencyKey"], format!("test:{run}:email"));
 
-    let reader = stack::TopicReader::new(&api.config.kafka.topics.jobs.name);
+    let reader = stack::TopicReader::new(&api.config.kafka.topics.jobs_triggered.name);
     let mut jobs = reader
         .read_until::<v1::SendJob>(Duration::from_secs(30), |r| !r.is_empty())
         .await;
@@ -973,7 +985,7 @@ async fn an_sms_test_send_uses_a_stored_contacts_data_and_the_given_number() {
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{sent}");
     assert_eq!(sent["channel"], "sms");
-    let jobs = stack::TopicReader::new(&api.config.kafka.topics.jobs.name)
+    let jobs = stack::TopicReader::new(&api.config.kafka.topics.jobs_triggered.name)
         .read_until::<v1::SendJob>(Duration::from_secs(30), |r| !r.is_empty())
         .await;
     let record = &jobs[0];
@@ -1087,4 +1099,271 @@ async fn a_template_is_deleted_only_once_no_campaign_still_to_send_uses_it() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(shown["version"], 3);
     api.stop.cancel();
+}
+
+/// The field a refused sequence definition names (a 422 is required).
+async fn refused_field(api: &Api, body: Value) -> String {
+    let (status, body) = api
+        .call(
+            reqwest::Method::POST,
+            "/v1/sequences",
+            Some(OPERATOR),
+            Some(body),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    body["field"].as_str().unwrap_or_default().to_owned()
+}
+
+fn welcome() -> Value {
+    json!({
+        "id": "welcome",
+        "name": "Bienvenue",
+        "trigger": "volunteers",
+        "senderProfile": "default",
+        "exit": {"onLeavingTrigger": true, "goalSegments": ["members"], "onUnsubscribe": true},
+        "reEntry": {"afterDays": 90},
+        "steps": [
+            {"name": "welcome e-mail", "wait": "0s", "channel": "email", "template": "seq-welcome"},
+            {"name": "SMS J+2", "wait": "2d", "at": "10:00", "channel": "sms", "template": "seq-sms",
+             "skipIf": [{"clickedStep": 1}]}
+        ]
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequences_are_validated_versioned_pinned_and_retired() {
+    let api = Api::start("sequences", SEQUENCES_DB).await;
+    assert_eq!(api.template("seq-welcome", "email").await["version"], 1);
+    assert_eq!(api.template("seq-sms", "sms").await["version"], 1);
+
+    // Refusals name the field.
+    let mut bad = welcome();
+    bad["steps"][1]["at"] = json!("25:00");
+    assert_eq!(refused_field(&api, bad).await, "steps[1].at");
+    let mut bad = welcome();
+    bad["steps"][1]["skipIf"] = json!([{"clickedStep": 2}]);
+    assert_eq!(refused_field(&api, bad).await, "steps[1].skipIf[0]");
+    let mut bad = welcome();
+    bad["steps"][1]["template"] = json!("seq-welcome");
+    assert_eq!(refused_field(&api, bad).await, "steps[1].template");
+    let (status, _) = api
+        .call(
+            reqwest::Method::POST,
+            "/v1/sequences",
+            Some(READER),
+            Some(welcome()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    // Version 1, templates pinned.
+    let (status, body) = api
+        .call(
+            reqwest::Method::POST,
+            "/v1/sequences",
+            Some(OPERATOR),
+            Some(welcome()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["version"], 1);
+    assert_eq!(body["steps"][0]["templateVersion"], 1);
+    assert_eq!(body["steps"][1]["at"], "10:00");
+    assert_eq!(body["steps"][1]["waitSeconds"], 172_800);
+    let (status, _) = api
+        .call(
+            reqwest::Method::POST,
+            "/v1/sequences",
+            Some(OPERATOR),
+            Some(welcome()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+
+    // The welcome template is edited; a new version of the sequence takes it, asking to
+    // migrate running enrolments.
+    assert_eq!(api.template("seq-welcome", "email").await["version"], 2);
+    let mut edit = welcome();
+    edit["migrate"] = json!(true);
+    let (status, body) = api
+        .call(
+            reqwest::Method::PUT,
+            "/v1/sequences/welcome",
+            Some(OPERATOR),
+            Some(edit),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["version"], 2);
+    assert_eq!(body["versions"], json!([1, 2]));
+    assert_eq!(body["steps"][0]["templateVersion"], 2);
+    let mut conn = redis::Client::open(api.config.redis.url.as_str())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let floor: u32 = conn
+        .hget("t:seq:welcome", "migrate_floor")
+        .await
+        .expect("floor");
+    assert_eq!(floor, 2);
+    let mut nobody = welcome();
+    nobody["id"] = Value::Null;
+    let (status, _) = api
+        .call(
+            reqwest::Method::PUT,
+            "/v1/sequences/nobody",
+            Some(OPERATOR),
+            Some(nobody),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // The planner's counters, as the funnel shows them.
+    for (field, n) in [
+        ("enrolled", 10),
+        ("at.1", 1),
+        ("at.2", 3),
+        ("step.1.sent", 9),
+        ("step.2.sent", 2),
+        ("step.2.skipped", 2),
+        ("step.1.fb.delivered", 8),
+        ("step.1.fb.unique_clicks", 2),
+        ("completed", 4),
+        ("exited.goal", 1),
+        ("exited.left_trigger", 1),
+    ] {
+        let _: () = conn.hset("t:seq:welcome:n", field, n).await.expect("hset");
+    }
+    let (status, body) = api
+        .call(
+            reqwest::Method::GET,
+            "/v1/sequences/welcome",
+            Some(READER),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let funnel = &body["funnel"];
+    assert_eq!(funnel["enrolled"], 10);
+    assert_eq!(funnel["completed"], 4);
+    assert_eq!(funnel["exited"], json!({"goal": 1, "left_trigger": 1}));
+    assert_eq!(funnel["steps"][0]["waiting"], 1);
+    assert_eq!(funnel["steps"][0]["delivered"], 8);
+    assert_eq!(funnel["steps"][0]["clicked"], 2);
+    assert_eq!(funnel["steps"][1]["waiting"], 3);
+    assert_eq!(funnel["steps"][1]["skipped"], 2);
+    let (_, list) = api
+        .call(reqwest::Method::GET, "/v1/sequences", Some(READER), None)
+        .await;
+    assert_eq!(list.as_array().map(Vec::len), Some(1));
+
+    // Retired: shown, and no new version.
+    let (status, body) = api
+        .call(
+            reqwest::Method::POST,
+            "/v1/sequences/welcome/retire",
+            Some(OPERATOR),
+            Some(json!({"reason": "campagne terminée"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["retired"], "campagne terminée");
+    let (status, _) = api
+        .call(
+            reqwest::Method::PUT,
+            "/v1/sequences/welcome",
+            Some(OPERATOR),
+            Some(welcome()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+
+    // The planner receives every command, keyed by the sequence, with its version.
+    let commands = stack::TopicReader::new(&api.config.kafka.topics.campaigns.name)
+        .read_until::<v1::CampaignCommand>(Duration::from_secs(30), |r| r.len() >= 3)
+        .await;
+    let seen: Vec<(String, String, u32)> = commands
+        .iter()
+        .map(|c| {
+            let e = &c.event;
+            assert_eq!(e.campaign_id, "");
+            assert_eq!(c.key.as_deref(), Some(e.sequence_id.as_bytes()));
+            match &e.command {
+                Some(v1::campaign_command::Command::DefineSequence(d)) => {
+                    ("define".to_owned(), e.sequence_id.clone(), d.version)
+                }
+                Some(v1::campaign_command::Command::RetireSequence(_)) => {
+                    ("retire".to_owned(), e.sequence_id.clone(), 0)
+                }
+                other => panic!("{other:?}"),
+            }
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("define".to_owned(), "welcome".to_owned(), 1),
+            ("define".to_owned(), "welcome".to_owned(), 2),
+            ("retire".to_owned(), "welcome".to_owned(), 0),
+        ]
+    );
+    api.stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sequence_files_in_config_are_applied_once_their_templates_exist() {
+    let dir = format!("{}/../../config/sequences", env!("CARGO_MANIFEST_DIR"));
+    let files = [("TOCSIN__API__SEQUENCES_DIR", dir)];
+    let api = Api::launch_with("seqfiles", SEQUENCE_FILES_DB, true, &files).await;
+    // The file names templates not uploaded yet: nothing until they are.
+    let (status, _) = api
+        .call(
+            reqwest::Method::GET,
+            "/v1/sequences/welcome",
+            Some(READER),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    api.template("demo-invitation", "email").await;
+    api.template("demo-rappel", "sms").await;
+    let mut body = Value::Null;
+    for _ in 0..200 {
+        let (status, b) = api
+            .call(
+                reqwest::Method::GET,
+                "/v1/sequences/welcome",
+                Some(READER),
+                None,
+            )
+            .await;
+        if status == StatusCode::OK {
+            body = b;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        body["version"], 1,
+        "applied from config/sequences/welcome.toml"
+    );
+    assert_eq!(body["trigger"], "nouveaux-benevoles");
+    assert_eq!(body["steps"].as_array().map(Vec::len), Some(3));
+    api.stop.cancel();
+
+    // Restarted with the same file: no new version.
+    let again = Api::launch_with("seqfiles", SEQUENCE_FILES_DB, false, &files).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (_, body) = again
+        .call(
+            reqwest::Method::GET,
+            "/v1/sequences/welcome",
+            Some(READER),
+            None,
+        )
+        .await;
+    assert_eq!(body["versions"], json!([1]), "{body}");
+    again.stop.cancel();
 }

@@ -48,6 +48,58 @@ pub enum Command {
     /// Message templates: upload a new version, list, show, preview, test-send, delete.
     #[command(subcommand)]
     Templates(Templates),
+    /// Automated sequences: define from a file, new versions, funnels, retire.
+    #[command(subcommand)]
+    Sequences(Sequences),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Sequences {
+    /// Define a sequence from a TOML or JSON file (the API's fields; see
+    /// `config/sequences/welcome.toml`). The file's name is the id unless it gives one.
+    Create {
+        #[arg(long)]
+        file: std::path::PathBuf,
+    },
+    /// A new version from a file; running enrolments keep theirs unless --migrate.
+    Update {
+        id: String,
+        #[arg(long)]
+        file: std::path::PathBuf,
+        #[arg(long)]
+        migrate: bool,
+    },
+    /// Sequences with their funnels.
+    List,
+    /// One sequence: steps and funnel (enrolled, at each step, completed, exited by reason).
+    Show { id: String },
+    /// No new enrolment; running enrolments exit at their next step.
+    Retire {
+        id: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+}
+
+/// Reads a sequence file, TOML (`.toml`) or JSON, as the API's JSON body.
+fn sequence_file(file: &std::path::Path) -> Result<Value, UsageError> {
+    let shown = file.display();
+    let text =
+        std::fs::read_to_string(file).map_err(|e| UsageError(format!("--file {shown}: {e}")))?;
+    let mut body: Value = if file.extension().is_some_and(|x| x == "toml") {
+        let parsed: toml::Value =
+            toml::from_str(&text).map_err(|e| UsageError(format!("--file {shown}: {e}")))?;
+        serde_json::to_value(parsed).map_err(|e| UsageError(format!("--file {shown}: {e}")))?
+    } else {
+        serde_json::from_str(&text)
+            .map_err(|e| UsageError(format!("--file {shown}: not JSON: {e}")))?
+    };
+    if body.get("id").is_none()
+        && let Some(stem) = file.file_stem()
+    {
+        body["id"] = Value::from(stem.to_string_lossy().into_owned());
+    }
+    Ok(body)
 }
 
 #[derive(Debug, Subcommand)]
@@ -371,6 +423,33 @@ pub async fn run(cli: Cli, out: &mut impl std::io::Write) -> anyhow::Result<()> 
                 .await?;
             json!({"id": id, "deleted": true})
         }
+        Command::Sequences(Sequences::Create { file }) => {
+            client.post("/v1/sequences", &sequence_file(file)?).await?
+        }
+        Command::Sequences(Sequences::Update { id, file, migrate }) => {
+            let mut body = sequence_file(file)?;
+            body["id"] = Value::from(id.as_str());
+            body["migrate"] = Value::from(*migrate);
+            client
+                .call(
+                    reqwest::Method::PUT,
+                    &format!("/v1/sequences/{id}"),
+                    Some(&body),
+                )
+                .await?
+        }
+        Command::Sequences(Sequences::List) => client.get("/v1/sequences").await?,
+        Command::Sequences(Sequences::Show { id }) => {
+            client.get(&format!("/v1/sequences/{id}")).await?
+        }
+        Command::Sequences(Sequences::Retire { id, reason }) => {
+            client
+                .post(
+                    &format!("/v1/sequences/{id}/retire"),
+                    &json!({ "reason": reason }),
+                )
+                .await?
+        }
         Command::Segments(Segments::List) => client.get("/v1/segments").await?,
         Command::Segments(Segments::Show { id, sample }) => {
             client
@@ -386,6 +465,8 @@ pub async fn run(cli: Cli, out: &mut impl std::io::Write) -> anyhow::Result<()> 
         Command::Campaigns(Campaigns::List) => render::campaign_list(&value),
         Command::Campaigns(Campaigns::DryRun(_)) => render::dry_run(&value),
         Command::Campaigns(_) => render::campaign(&value),
+        Command::Sequences(Sequences::List) => render::sequence_list(&value),
+        Command::Sequences(_) => render::sequence(&value),
         Command::Segments(Segments::List) => render::segment_list(&value),
         Command::Segments(Segments::Show { .. }) => render::segment(&value),
         Command::Templates(Templates::List) => render::template_list(&value),

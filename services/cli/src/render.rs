@@ -252,3 +252,119 @@ pub fn test_send(t: &Value) -> String {
         text(&t["idempotencyKey"]),
     )
 }
+
+pub fn sequence_list(list: &Value) -> String {
+    let mut t = table(&[
+        "id",
+        "name",
+        "trigger",
+        "version",
+        "steps",
+        "enrolled",
+        "running",
+        "completed",
+        "exited",
+        "state",
+    ]);
+    for q in list.as_array().into_iter().flatten() {
+        let f = &q["funnel"];
+        let running: i64 = f["steps"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s["waiting"].as_i64())
+            .sum();
+        let exited: i64 = f["exited"]
+            .as_object()
+            .map(|m| m.values().filter_map(Value::as_i64).sum())
+            .unwrap_or(0);
+        t.add_row(vec![
+            text(&q["id"]),
+            text(&q["name"]),
+            text(&q["trigger"]),
+            text(&q["version"]),
+            q["steps"].as_array().map_or(0, Vec::len).to_string(),
+            text(&f["enrolled"]),
+            running.to_string(),
+            text(&f["completed"]),
+            exited.to_string(),
+            if q["retired"].is_null() {
+                "active"
+            } else {
+                "retired"
+            }
+            .to_owned(),
+        ]);
+    }
+    t.to_string()
+}
+
+/// A sequence's steps and funnel: enrolled, at each step, completed, exited by reason.
+pub fn sequence(q: &Value) -> String {
+    let f = &q["funnel"];
+    let mut head = format!(
+        "{} — {} (version {}, trigger {}){}\n",
+        text(&q["id"]),
+        text(&q["name"]),
+        text(&q["version"]),
+        text(&q["trigger"]),
+        if q["retired"].is_null() {
+            String::new()
+        } else {
+            format!(", retired: {}", text(&q["retired"]))
+        }
+    );
+    let mut t = table(&[
+        "step",
+        "name",
+        "channel",
+        "template",
+        "waiting",
+        "sent",
+        "skipped",
+        "suppressed",
+        "expired",
+        "delivered",
+        "opened",
+        "clicked",
+    ]);
+    let steps = q["steps"].as_array().cloned().unwrap_or_default();
+    for s in f["steps"].as_array().into_iter().flatten() {
+        let number = s["step"].as_u64().unwrap_or(0) as usize;
+        let def = steps.get(number.wrapping_sub(1));
+        let field = |k: &str| def.map(|d| text(&d[k])).unwrap_or_else(|| "-".to_owned());
+        t.add_row(vec![
+            number.to_string(),
+            field("name"),
+            field("channel"),
+            def.map(|d| format!("{} v{}", text(&d["template"]), text(&d["templateVersion"])))
+                .unwrap_or_else(|| "-".to_owned()),
+            text(&s["waiting"]),
+            text(&s["sent"]),
+            text(&s["skipped"]),
+            text(&s["suppressed"]),
+            text(&s["expired"]),
+            text(&s["delivered"]),
+            text(&s["opened"]),
+            text(&s["clicked"]),
+        ]);
+    }
+    let exited = f["exited"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k} {}", text(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "none".to_owned());
+    head.push_str(&format!(
+        "enrolled {}, completed {}, exited: {exited}, re-entries refused {}\n",
+        text(&f["enrolled"]),
+        text(&f["completed"]),
+        text(&f["reentryRefused"]),
+    ));
+    head.push_str(&t.to_string());
+    head
+}

@@ -24,38 +24,102 @@ fn tocsin(api: &str, token: &str, args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// A CRM event: the contact (consenting to `consent`) entered `segment`.
+fn entered(
+    event_id: &str,
+    id: &str,
+    email: &str,
+    consent: v1::Channel,
+    segment: &str,
+) -> v1::SegmentEvent {
+    let contact = v1::Contact {
+        id: id.to_owned(),
+        email: email.to_owned(),
+        first_name: "Camille".into(),
+        time_zone: "Europe/Paris".into(),
+        consents: vec![v1::Consent {
+            channel: consent.into(),
+            status: v1::ConsentStatus::Granted.into(),
+            source: "form".into(),
+            recorded_at: None,
+        }],
+        ..Default::default()
+    };
+    v1::SegmentEvent {
+        meta: Some(v1::EventMeta {
+            event_id: event_id.to_owned(),
+            occurred_at: None,
+            source: "crm".into(),
+        }),
+        contact_id: id.to_owned(),
+        change: Some(v1::segment_event::Change::Entered(v1::SegmentEntered {
+            segment_id: segment.to_owned(),
+            contact: Some(contact),
+        })),
+    }
+}
+
+/// An API and a planner in this process, on a Redis database and topics of the test's own.
+struct Services {
+    port: u16,
+    api_config: tocsin_api::Config,
+    stop: CancellationToken,
+    api_task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    planner_task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Services {
+    async fn start(test: &str, partitions: i32, db: u8, extra: &[(&str, &str)]) -> Services {
+        let port = stack::free_port();
+        let mut env = stack::service_env(test, partitions, db);
+        env.push(("TOCSIN__HTTP__LISTEN".into(), format!("127.0.0.1:{port}")));
+        env.push(("TOCSIN__PLANNER__GROUP_ID".into(), stack::unique("planner")));
+        for (k, v) in extra {
+            env.push(((*k).to_owned(), (*v).to_owned()));
+        }
+        let api_config: tocsin_api::Config =
+            ConfigLoader::defaults_only(Some(tocsin_api::config::DEFAULTS))
+                .env(env.clone())
+                .load()
+                .expect("api config");
+        let mut planner_env = env.clone();
+        planner_env.retain(|(k, _)| k != "TOCSIN__HTTP__LISTEN");
+        let planner_config: tocsin_planner::Config =
+            ConfigLoader::defaults_only(Some(tocsin_planner::config::DEFAULTS))
+                .env(planner_env)
+                .load()
+                .expect("planner config");
+        stack::flush_redis(&api_config.redis.url).await;
+        tocsin_bus::admin::ensure_topics(&api_config.kafka, &api_config.kafka.topics.all())
+            .await
+            .expect("topics");
+        let stop = CancellationToken::new();
+        let (a, b) = (stop.clone(), stop.clone());
+        let api_task = tokio::spawn(tocsin_api::run(api_config.clone(), async move {
+            a.cancelled().await
+        }));
+        let planner_task = tokio::spawn(tocsin_planner::run(planner_config, async move {
+            b.cancelled().await
+        }));
+        Services {
+            port,
+            api_config,
+            stop,
+            api_task,
+            planner_task,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schedule_watch_and_read_a_blast_from_the_command_line() {
-    let port = stack::free_port();
-    let mut env = stack::service_env("cli", 2, 10);
-    env.push(("TOCSIN__HTTP__LISTEN".into(), format!("127.0.0.1:{port}")));
-    env.push(("TOCSIN__PLANNER__GROUP_ID".into(), stack::unique("planner")));
-    env.push(("TOCSIN__PLANNER__TICK_MS".into(), "50".into()));
-    let api_config: tocsin_api::Config =
-        ConfigLoader::defaults_only(Some(tocsin_api::config::DEFAULTS))
-            .env(env.clone())
-            .load()
-            .expect("api config");
-    let mut planner_env = env.clone();
-    planner_env.retain(|(k, _)| k != "TOCSIN__HTTP__LISTEN");
-    let planner_config: tocsin_planner::Config =
-        ConfigLoader::defaults_only(Some(tocsin_planner::config::DEFAULTS))
-            .env(planner_env)
-            .load()
-            .expect("planner config");
-    stack::flush_redis(&api_config.redis.url).await;
-    tocsin_bus::admin::ensure_topics(&api_config.kafka, &api_config.kafka.topics.all())
-        .await
-        .expect("topics");
-
-    let stop = CancellationToken::new();
-    let (a, b) = (stop.clone(), stop.clone());
-    let api_task = tokio::spawn(tocsin_api::run(api_config.clone(), async move {
-        a.cancelled().await
-    }));
-    let planner_task = tokio::spawn(tocsin_planner::run(planner_config, async move {
-        b.cancelled().await
-    }));
+    let Services {
+        port,
+        api_config,
+        stop,
+        api_task,
+        planner_task,
+    } = Services::start("cli", 2, 10, &[("TOCSIN__PLANNER__TICK_MS", "50")]).await;
 
     // The CRM publishes 300 volunteers, 100 of them without e-mail consent.
     let producer = stack::producer(&api_config.kafka);
@@ -66,30 +130,13 @@ async fn schedule_watch_and_read_a_blast_from_the_command_line() {
         } else {
             v1::Channel::Email
         };
-        let contact = v1::Contact {
-            id: format!("c-{i:04}"),
-            email: format!("benevole{i}@exemple.fr"),
-            time_zone: "Europe/Paris".into(),
-            consents: vec![v1::Consent {
-                channel: consent.into(),
-                status: v1::ConsentStatus::Granted.into(),
-                source: "form".into(),
-                recorded_at: None,
-            }],
-            ..Default::default()
-        };
-        let event = v1::SegmentEvent {
-            meta: Some(v1::EventMeta {
-                event_id: format!("e-{i}"),
-                occurred_at: None,
-                source: "crm".into(),
-            }),
-            contact_id: contact.id.clone(),
-            change: Some(v1::segment_event::Change::Entered(v1::SegmentEntered {
-                segment_id: "benevoles".into(),
-                contact: Some(contact),
-            })),
-        };
+        let event = entered(
+            &format!("e-{i}"),
+            &format!("c-{i:04}"),
+            &format!("benevole{i}@exemple.fr"),
+            consent,
+            "benevoles",
+        );
         producer
             .publish(
                 &api_config.kafka.topics.segments.name,
@@ -373,7 +420,7 @@ async fn preview_test_send_and_delete_templates_from_the_command_line() {
     );
     assert_eq!(code, 0, "{err}");
     assert!(out.starts_with("test sms queued: campaign test-"), "{out}");
-    let jobs = stack::TopicReader::new(&config.kafka.topics.jobs.name)
+    let jobs = stack::TopicReader::new(&config.kafka.topics.jobs_triggered.name)
         .read_until::<v1::SendJob>(Duration::from_secs(30), |r| !r.is_empty())
         .await;
     let job = &jobs[0].event;
@@ -402,4 +449,134 @@ async fn preview_test_send_and_delete_templates_from_the_command_line() {
 
     stop.cancel();
     api_task.await.expect("join").expect("api");
+}
+
+/// The welcome series of `config/sequences/` defined from the command line, volunteers
+/// entering its trigger segment, and the funnel as `tocsin sequences show` prints it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn define_a_sequence_from_its_file_and_read_its_funnel() {
+    let Services {
+        port,
+        api_config,
+        stop,
+        ..
+    } = Services::start(
+        "cli-seq",
+        1,
+        21,
+        &[("TOCSIN__PLANNER__SEQUENCE_INDEX_REFRESH_MS", "0")],
+    )
+    .await;
+    let api = format!("http://127.0.0.1:{port}");
+    let operator = "local-operator-token";
+    let file = format!(
+        "{}/../../config/sequences/welcome.toml",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    for _ in 0..100 {
+        if tocsin(&api, operator, &["sequences", "list"]).0 == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Its templates are not there yet: refused, naming the step.
+    let (code, _, err) = tocsin(&api, operator, &["sequences", "create", "--file", &file]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("steps[0].template"), "{err}");
+    let dir = std::env::temp_dir().join(stack::unique("seq"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    for (id, body) in [
+        (
+            "demo-invitation",
+            r#"{"channel":"email","defaultLocale":"fr","variants":{"fr":{"subject":"Bienvenue","html":"<p>Bonjour {{first_name}}</p>"}}}"#,
+        ),
+        (
+            "demo-rappel",
+            r#"{"channel":"sms","defaultLocale":"fr","variants":{"fr":{"body":"Bienvenue {{first_name}} ! STOP au 36111"}}}"#,
+        ),
+    ] {
+        let path = dir.join(format!("{id}.json"));
+        std::fs::write(&path, body).expect("write");
+        let (code, _, err) = tocsin(
+            &api,
+            operator,
+            &[
+                "templates",
+                "upload",
+                id,
+                "--file",
+                path.to_str().expect("path"),
+            ],
+        );
+        assert_eq!(code, 0, "{err}");
+    }
+    let (code, out, err) = tocsin(&api, operator, &["sequences", "create", "--file", &file]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("welcome") && out.contains("version 1"),
+        "{out}"
+    );
+
+    // Five volunteers enter the trigger segment; two of them without e-mail consent.
+    let producer = stack::producer(&api_config.kafka);
+    let trace = TraceContext::new_root();
+    for i in 0..5 {
+        let channel = if i < 3 {
+            v1::Channel::Email
+        } else {
+            v1::Channel::Sms
+        };
+        let event = entered(
+            &format!("seq-e-{i}"),
+            &format!("v-{i}"),
+            &format!("v{i}@exemple.fr"),
+            channel,
+            "nouveaux-benevoles",
+        );
+        producer
+            .publish(
+                &api_config.kafka.topics.segments.name,
+                &event.contact_id,
+                &format!("seq-e-{i}"),
+                &event,
+                &trace,
+            )
+            .await
+            .expect("publish");
+    }
+    let mut shown = serde_json::Value::Null;
+    for _ in 0..150 {
+        let (_, out, _) = tocsin(&api, operator, &["--json", "sequences", "show", "welcome"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        let step = &v["funnel"]["steps"][0];
+        if step["sent"].as_i64().unwrap_or(0) + step["suppressed"].as_i64().unwrap_or(0) == 5 {
+            shown = v;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let funnel = &shown["funnel"];
+    assert_eq!(funnel["enrolled"], 5, "{shown}");
+    assert_eq!(funnel["steps"][0]["sent"], 3, "{shown}");
+    assert_eq!(
+        funnel["steps"][0]["suppressed"], 2,
+        "no e-mail consent: {shown}"
+    );
+    assert_eq!(
+        funnel["steps"][1]["waiting"], 5,
+        "all wait for the SMS: {shown}"
+    );
+    let (code, table, _) = tocsin(&api, operator, &["sequences", "show", "welcome"]);
+    assert_eq!(code, 0);
+    assert!(table.contains("enrolled 5"), "{table}");
+    assert!(table.contains("e-mail de bienvenue"), "{table}");
+    let (code, out, _) = tocsin(
+        &api,
+        operator,
+        &["sequences", "retire", "welcome", "--reason", "fin"],
+    );
+    assert_eq!(code, 0);
+    assert!(out.contains("retired: fin"), "{out}");
+    stop.cancel();
 }

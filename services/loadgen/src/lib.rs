@@ -17,12 +17,15 @@
 //!   what was generated, counted as the planner will count it ([`Tally`]).
 //! - [`publish`]: contacts streamed into `tocsin.segments` as `SegmentEvent`s, with bounded
 //!   in-flight produces, and the throughput.
+//! - [`probe`]: the triggered lane's latency: contacts entering a sequence's trigger one
+//!   at a time, each timed until a provider accepted its first message.
 //! - `tests/publish.rs`: on the local stack's broker, every contact arrives once, keyed by
 //!   its id, exactly as generated.
 
 pub mod config;
 pub mod contacts;
 pub mod data;
+pub mod probe;
 pub mod publish;
 
 use std::io::Write;
@@ -53,6 +56,31 @@ pub enum Command {
     /// Publish N French contacts entering a segment (`SegmentEvent` "entered" on
     /// `tocsin.segments`), as the CRM does.
     Contacts(ContactsArgs),
+    /// Time the triggered lane: COUNT contacts enter a sequence's trigger segment, one
+    /// every INTERVAL, each timed from its segment event to the provider's acceptance of
+    /// the sequence's first step (`Feedback(sent)`). Prints p50, p90, p99 and max.
+    Probe(ProbeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// The sequence's trigger segment.
+    #[arg(long)]
+    pub segment: String,
+    /// The sequence whose first step is timed.
+    #[arg(long)]
+    pub sequence: String,
+    #[arg(long, default_value_t = 200)]
+    pub count: usize,
+    /// Milliseconds between two entries.
+    #[arg(long, default_value_t = 100)]
+    pub interval_ms: u64,
+    /// Seconds to wait for the last answers after the last entry.
+    #[arg(long, default_value_t = 60)]
+    pub timeout_s: u64,
+    /// Bootstrap servers; `[kafka] brokers` otherwise.
+    #[arg(long)]
+    pub brokers: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -100,13 +128,68 @@ pub enum LoadgenError {
     Output(#[from] std::io::Error),
     #[error("writing the report: {0}")]
     Json(#[from] serde_json::Error),
+    #[error("probe: {0}")]
+    Probe(String),
 }
 
 /// Runs one command; progress and the report go to `out`.
 pub async fn run(cli: Cli, out: &mut impl Write) -> Result<(), LoadgenError> {
     match cli.command {
         Command::Contacts(args) => publish_contacts(args, cli.json, out).await,
+        Command::Probe(args) => probe_lane(args, cli.json, out).await,
     }
+}
+
+async fn probe_lane(args: ProbeArgs, json: bool, out: &mut impl Write) -> Result<(), LoadgenError> {
+    let config = Config::load(args.brokers.as_deref())?;
+    let topics = &config.kafka.topics;
+    tocsin_bus::admin::ensure_topics(&config.kafka, &[&topics.segments, &topics.feedback]).await?;
+    let metrics = BusMetrics::register(&prometheus::Registry::new())?;
+    let producer = Producer::new(&config.kafka, "tocsin-loadgen-probe", metrics)?;
+    let run = format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0)
+    );
+    let report = probe::run(
+        &producer,
+        &probe::Probe {
+            segments_topic: topics.segments.name.clone(),
+            feedback_topic: topics.feedback.name.clone(),
+            brokers: config.kafka.brokers.clone(),
+            segment: args.segment,
+            sequence: args.sequence,
+            count: args.count,
+            interval: std::time::Duration::from_millis(args.interval_ms.max(1)),
+            timeout: std::time::Duration::from_secs(args.timeout_s),
+            run,
+        },
+    )
+    .await
+    .map_err(LoadgenError::Probe)?;
+    if json {
+        writeln!(out, "{}", serde_json::to_string(&report)?)?;
+    } else {
+        writeln!(
+            out,
+            "{} of {} answered: p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+            report.received,
+            report.probes,
+            report.p50_ms,
+            report.p90_ms,
+            report.p99_ms,
+            report.max_ms
+        )?;
+    }
+    if report.received < report.probes {
+        return Err(LoadgenError::Probe(format!(
+            "{} probes never reached a provider",
+            report.probes - report.received
+        )));
+    }
+    Ok(())
 }
 
 async fn publish_contacts(

@@ -84,6 +84,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                         &c.id,
                         store::Membership::Enter(segment),
                         Some(&c),
+                        false,
                     )
                     .await?;
                 }

@@ -12,6 +12,7 @@ use crate::campaign::{self, State, Transition};
 use crate::dispatch::remove_from_schedule;
 use crate::engine::{self, PlanError, Planner};
 use crate::keys;
+use crate::sequence;
 
 pub struct CommandsHandler {
     pub planner: Arc<Planner>,
@@ -39,9 +40,23 @@ impl Handler for CommandsHandler {
             Some(Command::Pause(_)) => self.apply(&mut conn, id, campaign::Command::Pause).await,
             Some(Command::Resume(_)) => self.apply(&mut conn, id, campaign::Command::Resume).await,
             Some(Command::Cancel(_)) => self.apply(&mut conn, id, campaign::Command::Cancel).await,
-            Some(Command::DefineSequence(_)) | Some(Command::RetireSequence(_)) => {
-                // Applied by the sequence store (issue 7, in progress).
-                Ok(())
+            Some(Command::DefineSequence(define)) => {
+                self.define_sequence(&mut conn, &command.sequence_id, define)
+                    .await
+            }
+            Some(Command::RetireSequence(retire)) => {
+                let id = command.sequence_id.as_str();
+                match sequence::store::retire(&mut conn, id, &retire.reason).await {
+                    Ok(true) => {
+                        tracing::info!(sequence = id, "sequence retired");
+                        Ok(())
+                    }
+                    Ok(false) => {
+                        tracing::warn!(sequence = id, "retire command for an unknown sequence");
+                        Ok(())
+                    }
+                    Err(e) => Err(PlanError::from(e)),
+                }
             }
             None => Ok(()),
         };
@@ -50,6 +65,42 @@ impl Handler for CommandsHandler {
 }
 
 impl CommandsHandler {
+    /// Writes the version the API assigned (once: the API wrote it already, and a replay
+    /// finds it). A definition that fails the checks is logged and dropped: the API
+    /// refuses such definitions, so this one came from elsewhere.
+    async fn define_sequence(
+        &self,
+        conn: &mut ConnectionManager,
+        id: &str,
+        define: &v1::DefineSequence,
+    ) -> Result<(), PlanError> {
+        let Some(def) = &define.definition else {
+            return Ok(());
+        };
+        if let Err(error) = sequence::definition::check(def) {
+            tracing::warn!(sequence = id, %error, "sequence definition refused");
+            return Ok(());
+        }
+        let now = chrono::Utc::now().timestamp_millis();
+        let outcome = sequence::store::define(
+            conn,
+            id,
+            define.version,
+            def,
+            define.migrate_enrolments,
+            "",
+            now,
+        )
+        .await?;
+        tracing::info!(
+            sequence = id,
+            version = define.version,
+            ?outcome,
+            "sequence defined"
+        );
+        Ok(())
+    }
+
     async fn apply(
         &self,
         conn: &mut ConnectionManager,

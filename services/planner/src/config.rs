@@ -37,6 +37,10 @@ pub struct PlannerConfig {
     pub frequency_window_days: u32,
     /// How often due campaigns and due jobs are looked for.
     pub tick_ms: u64,
+    /// How often due sequence steps are looked for (their own task, beside the blasts').
+    pub sequence_tick_ms: u64,
+    /// How long the trigger and goal indexes of sequences are cached.
+    pub sequence_index_refresh_ms: u64,
     /// A campaign's fan-out lease: another instance takes over this long after a crash.
     pub lease_ms: u64,
     /// How long a dispatcher hides the due jobs it claimed from other instances; a crashed

@@ -38,26 +38,16 @@ enum Action {
 impl Planner {
     /// Publishes the jobs that are due. Returns how many were examined.
     pub async fn dispatch_due(self: &Arc<Self>, now: DateTime<Utc>) -> Result<usize, PlanError> {
-        static CLAIM: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
-            redis::Script::new(
-                r"
-                local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, ARGV[2])
-                for i = 1, #due, 2 do
-                  redis.call('ZADD', KEYS[1], 'XX', ARGV[3], due[i])
-                end
-                return due
-                ",
-            )
-        });
         let mut conn = self.redis.clone();
         let now_ms = millis(now);
-        let claimed: Vec<(String, i64)> = CLAIM
-            .key(keys::SCHEDULE)
-            .arg(now_ms)
-            .arg(self.config.batch_size)
-            .arg(now_ms + i64::try_from(self.config.dispatch_claim_ms).unwrap_or(30_000))
-            .invoke_async(&mut conn)
-            .await?;
+        let claimed = claim_due(
+            &mut conn,
+            keys::SCHEDULE,
+            now_ms,
+            self.config.batch_size,
+            now_ms + i64::try_from(self.config.dispatch_claim_ms).unwrap_or(30_000),
+        )
+        .await?;
         if claimed.is_empty() {
             return Ok(0);
         }
@@ -353,6 +343,36 @@ impl Planner {
             ..Default::default()
         }
     }
+}
+
+/// Claims up to `limit` members of the sorted set `key` due at `now_ms`: their score moves
+/// to `until_ms`, so that no other instance takes them meanwhile, and a crashed instance's
+/// claims come due again then. Returns them with the score they had.
+pub(crate) async fn claim_due(
+    conn: &mut redis::aio::ConnectionManager,
+    key: &str,
+    now_ms: i64,
+    limit: usize,
+    until_ms: i64,
+) -> redis::RedisResult<Vec<(String, i64)>> {
+    static CLAIM: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+        redis::Script::new(
+            r"
+            local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, ARGV[2])
+            for i = 1, #due, 2 do
+              redis.call('ZADD', KEYS[1], 'XX', ARGV[3], due[i])
+            end
+            return due
+            ",
+        )
+    });
+    CLAIM
+        .key(key)
+        .arg(now_ms)
+        .arg(limit)
+        .arg(until_ms)
+        .invoke_async(conn)
+        .await
 }
 
 /// Adds to `pipe` the removal of a job from the schedule, counted under `counter` only if

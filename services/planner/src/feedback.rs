@@ -16,14 +16,19 @@
 //! The planner's own feedback (queued, suppressed, expired at dispatch) is already counted
 //! where it is decided and is skipped here.
 
+use std::sync::Arc;
+
 use redis::Script;
 use redis::aio::ConnectionManager;
 use tocsin_bus::{HandleError, Handler, Inbound};
 use tocsin_contracts::domain::{EmailAddress, PhoneNumber};
 use tocsin_contracts::v1;
 
+use crate::clock::Clock;
+use crate::engine::PlanError;
 use crate::keys;
 use crate::metrics::PlannerMetrics;
+use crate::sequence::{Sequences, StepRef};
 use crate::store::{self, AddressHasher};
 
 /// A counted outcome: its bit in the per-contact set and its counter.
@@ -106,6 +111,8 @@ pub struct FeedbackHandler {
     /// How long the per-contact outcome bits of a campaign are kept (they hold contact
     /// ids: personal data, so not forever); the counters stay.
     pub retention_s: u64,
+    pub sequences: Arc<Sequences>,
+    pub clock: Clock,
 }
 
 impl std::fmt::Debug for FeedbackHandler {
@@ -184,6 +191,47 @@ impl FeedbackHandler {
                     .with_label_values(&[reason])
                     .inc();
             }
+        }
+        Ok(())
+    }
+
+    /// A sequence step's outcome: counted once per (contact, enrolment, step) in the
+    /// sequence's funnel (`step.K.fb.<outcome>`); a click remembered for `skip_if`; an
+    /// opt-out ends the enrolments that exit on it (the step's due-time check would find
+    /// it too, but the funnel shows it at once).
+    async fn apply_sequence(&self, f: &v1::Feedback) -> Result<(), PlanError> {
+        let mut conn = self.redis.clone();
+        if let Some(at) = StepRef::from_fields(&f.sequence_id, &f.enrolment_id, f.step)
+            && !f.contact_id.is_empty()
+        {
+            if let Some(o) = outcome(f) {
+                let _: i64 = COUNT_ONCE_SCRIPT
+                    .key(keys::sequence_outcomes(&at.sequence_id))
+                    .key(keys::sequence_funnel(&at.sequence_id))
+                    .arg(format!(
+                        "{}:{}:{}",
+                        f.contact_id,
+                        at.enrolment_id(),
+                        at.step
+                    ))
+                    .arg(o.bit)
+                    .arg(format!("step.{}.fb.{}", at.step, o.counter))
+                    .arg(self.retention_s)
+                    .invoke_async(&mut conn)
+                    .await?;
+            }
+            if f.kind() == v1::FeedbackKind::Clicked && !f.machine {
+                self.sequences.clicked(&f.contact_id, &at).await?;
+            }
+        }
+        if matches!(
+            f.kind(),
+            v1::FeedbackKind::Unsubscribed | v1::FeedbackKind::Complained
+        ) && !f.contact_id.is_empty()
+        {
+            self.sequences
+                .unsubscribed(&f.contact_id, self.clock.now())
+                .await?;
         }
         Ok(())
     }
@@ -275,7 +323,10 @@ impl Handler for FeedbackHandler {
         {
             return Ok(());
         }
-        self.apply(&f).await.map_err(HandleError::transient)
+        self.apply(&f).await.map_err(HandleError::transient)?;
+        self.apply_sequence(&f)
+            .await
+            .map_err(HandleError::transient)
     }
 }
 

@@ -4,14 +4,20 @@
 //! share a partition), applying one twice changes nothing, and an older snapshot never
 //! replaces a newer one.
 
+use std::sync::Arc;
+
+use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use tocsin_bus::{HandleError, Handler, Inbound};
 use tocsin_contracts::domain::{EmailAddress, PhoneNumber};
 use tocsin_contracts::v1;
 use tocsin_contracts::v1::segment_event::Change;
 
+use crate::clock::Clock;
+use crate::engine::PlanError;
 use crate::keys;
 use crate::metrics::PlannerMetrics;
+use crate::sequence::Sequences;
 use crate::store::{self, AddressHasher, Membership};
 
 /// The suppression reason recorded for an erased person.
@@ -21,6 +27,8 @@ pub struct SegmentsHandler {
     pub redis: ConnectionManager,
     pub hasher: AddressHasher,
     pub metrics: PlannerMetrics,
+    pub sequences: Arc<Sequences>,
+    pub clock: Clock,
 }
 
 impl Handler for SegmentsHandler {
@@ -46,16 +54,38 @@ impl SegmentsHandler {
         conn: &mut ConnectionManager,
         contact_id: &str,
         entered: &v1::SegmentEntered,
-    ) -> redis::RedisResult<()> {
+    ) -> Result<(), PlanError> {
+        let segment = entered.segment_id.as_str();
+        let triggers = self.sequences.triggers(segment).await?;
         let fresh = store::apply_membership(
             conn,
             contact_id,
-            Membership::Enter(&entered.segment_id),
+            Membership::Enter(segment),
             entered.contact.as_ref(),
+            triggers,
         )
         .await?;
         if !fresh {
             self.metrics.stale_snapshots.inc();
+        }
+        if triggers || self.sequences.concerns(segment).await? {
+            let pending = keys::pending_enrolments(contact_id);
+            let marked: Option<i64> = conn.hget(&pending, segment).await?;
+            let contact = store::load_record(conn, contact_id)
+                .await?
+                .and_then(|r| r.contact);
+            self.sequences
+                .entered(
+                    contact_id,
+                    segment,
+                    contact.as_ref(),
+                    marked.is_some(),
+                    self.clock.now(),
+                )
+                .await?;
+            if marked.is_some() {
+                let _: () = conn.hdel(&pending, segment).await?;
+            }
         }
         Ok(())
     }
@@ -65,15 +95,18 @@ impl SegmentsHandler {
         conn: &mut ConnectionManager,
         contact_id: &str,
         left: &v1::SegmentLeft,
-    ) -> redis::RedisResult<()> {
+    ) -> Result<(), PlanError> {
         store::apply_membership(
             conn,
             contact_id,
             Membership::Leave(&left.segment_id),
             left.contact.as_ref(),
+            false,
         )
-        .await
-        .map(|_| ())
+        .await?;
+        self.sequences
+            .left(contact_id, &left.segment_id, self.clock.now())
+            .await
     }
 
     /// GDPR art. 17: the profile, memberships and counters go; only keyed hashes of the
@@ -83,7 +116,8 @@ impl SegmentsHandler {
         conn: &mut ConnectionManager,
         contact_id: &str,
         erased: &v1::ContactErased,
-    ) -> redis::RedisResult<()> {
+    ) -> Result<(), PlanError> {
+        self.sequences.erased(contact_id, self.clock.now()).await?;
         let mut hashes = Vec::new();
         let record = store::load_record(conn, contact_id)
             .await?
@@ -110,6 +144,7 @@ impl SegmentsHandler {
             keys::contact(contact_id),
             keys::frequency(contact_id),
             keys::soft_bounces(contact_id),
+            keys::pending_enrolments(contact_id),
         ])
         .ignore();
         pipe.query_async::<()>(conn).await?;

@@ -17,12 +17,45 @@
 //! | `t:cmps` | sorted set | every campaign by creation time (ms), for listing |
 //! | `t:sched` | sorted set | planned jobs `K\x1fC` by earliest send time (ms): the durable schedule |
 //! | `t:segs` | sorted set | segment ids (for listing) |
+//! | `t:seq:S` | hash | sequence S: `current` (version), `v<N>` (protobuf `SequenceDefinition`), `src.v<N>` (digest of the file or request it came from), `migrate_floor` (enrolments on an older version move to `current`), `retired` (reason), `created_ms` |
+//! | `t:seq:S:n` | hash | S's funnel: `enrolled`, `at.K` (waiting for step K), `step.K.sent` / `.skipped` / `.suppressed` / `.expired`, `step.K.fb.<outcome>`, `completed`, `exited.<reason>` |
+//! | `t:seq:S:r` | hash | `<contact>:e<n>:<K>` → bit set of the outcomes already counted for a step (expires) |
+//! | `t:seqs` | sorted set | every sequence by creation time (ms) |
+//! | `t:seqtrig` | hash | segment → comma-separated sequences it triggers (current versions) |
+//! | `t:seqgoal` | hash | segment → comma-separated sequences it is a goal of (current versions) |
+//! | `t:enr:{C}` | hash | C's enrolments: sequence → record (see [`crate::sequence::store::Enrolment`]) |
+//! | `t:enrq:{C}` | hash | segment → ms: C entered a segment that triggers sequences and is not enrolled yet (see [`crate::store::apply_membership`]) |
+//! | `t:seqsched` | sorted set | active enrolments `S\x1fC` by their next step's due time (ms) |
 
 pub const SUPPRESSION: &str = "t:sup";
 pub const DUE_CAMPAIGNS: &str = "t:cmps:due";
 pub const CAMPAIGNS: &str = "t:cmps";
 pub const SCHEDULE: &str = "t:sched";
 pub const SEGMENTS: &str = "t:segs";
+pub const SEQUENCES: &str = "t:seqs";
+pub const SEQUENCE_TRIGGERS: &str = "t:seqtrig";
+pub const SEQUENCE_GOALS: &str = "t:seqgoal";
+pub const SEQUENCE_SCHEDULE: &str = "t:seqsched";
+
+pub fn sequence(id: &str) -> String {
+    format!("t:seq:{id}")
+}
+
+pub fn sequence_funnel(id: &str) -> String {
+    format!("t:seq:{id}:n")
+}
+
+pub fn sequence_outcomes(id: &str) -> String {
+    format!("t:seq:{id}:r")
+}
+
+pub fn pending_enrolments(contact: &str) -> String {
+    format!("t:enrq:{{{contact}}}")
+}
+
+pub fn enrolments(contact: &str) -> String {
+    format!("t:enr:{{{contact}}}")
+}
 
 pub fn contact(id: &str) -> String {
     format!("t:c:{{{id}}}")

@@ -1,6 +1,7 @@
 //! The planner: turns a scheduled blast into exactly one send job per eligible person.
 //!
 //! # Layout
+//! - [`clock`]: the system clock, or a manual one for tests.
 //! - [`config`]: `[planner]` settings (batch size, frequency cap, leases, keys).
 //! - [`keys`]: the Redis layout, one table of every key.
 //! - [`store`]: contact profiles (newest snapshot wins), keyed address hashes, suppression.
@@ -16,6 +17,7 @@
 //! - [`metrics`]: Prometheus counters.
 
 pub mod campaign;
+pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod dispatch;
@@ -39,9 +41,20 @@ use tocsin_bus::service::{Base, Spec};
 pub use config::Config;
 
 /// Runs the planner until `shutdown`: consumes segments and campaign commands, fans due
-/// campaigns out, dispatches due jobs; then finishes in-flight work and commits.
+/// campaigns out, dispatches due jobs and due sequence steps; then finishes in-flight work
+/// and commits.
 pub async fn run(
     config: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    run_with_clock(config, clock::Clock::System, shutdown).await
+}
+
+/// [`run`], with sequences (enrolment times, due steps, exits) on `clock`: tests move a
+/// manual clock through days in seconds. Blasts keep the system clock.
+pub async fn run_with_clock(
+    config: Config,
+    clock: clock::Clock,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let shutdown = tocsin_runtime::shutdown::token(shutdown);
@@ -57,6 +70,7 @@ pub async fn run(
                 &topics.segments,
                 &topics.campaigns,
                 &topics.jobs,
+                &topics.jobs_triggered,
                 &topics.feedback,
                 &topics.dlq,
             ],
@@ -85,6 +99,18 @@ pub async fn run(
         instance: instance.clone(),
     });
 
+    let sequences = Arc::new(sequence::Sequences {
+        redis: redis.clone(),
+        producer: producer.clone(),
+        topics: topics.clone(),
+        hasher: hasher.clone(),
+        config: config.planner.clone(),
+        metrics: metrics.clone(),
+        book: sequence::Book::new(Duration::from_millis(
+            config.planner.sequence_index_refresh_ms,
+        )),
+    });
+
     let consumer = |topic: &tocsin_bus::TopicSpec, group: &str| ConsumerSpec {
         group_id: format!("{}-{group}", config.planner.group_id),
         client_id: instance.clone(),
@@ -98,6 +124,8 @@ pub async fn run(
             redis: redis.clone(),
             hasher: hasher.clone(),
             metrics: metrics.clone(),
+            sequences: sequences.clone(),
+            clock: clock.clone(),
         }),
         producer.clone(),
         bus_metrics.clone(),
@@ -122,6 +150,8 @@ pub async fn run(
             metrics: metrics.clone(),
             soft_bounce_limit: config.planner.soft_bounce_limit,
             retention_s: u64::from(config.planner.feedback_retention_days) * 86_400,
+            sequences: sequences.clone(),
+            clock: clock.clone(),
         }),
         producer.clone(),
         bus_metrics.clone(),
@@ -156,12 +186,41 @@ pub async fn run(
         }
     });
 
-    let (segments, commands, feedback, ticker) = tokio::join!(segments, commands, feedback, ticker);
+    // Sequence steps on their own task and tick: a blast's fan-out (one long call) never
+    // delays a welcome message.
+    let sequence_tick = Duration::from_millis(config.planner.sequence_tick_ms);
+    let stepper = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            loop {
+                let busy = match sequences.dispatch_due(clock.now()).await {
+                    Ok(n) => n > 0,
+                    Err(error) => {
+                        tracing::warn!(%error, "sequence steps failed; retrying next tick");
+                        false
+                    }
+                };
+                if shutdown.is_cancelled() {
+                    break;
+                }
+                if !busy {
+                    tokio::select! {
+                        _ = tokio::time::sleep(sequence_tick) => {}
+                        _ = shutdown.cancelled() => break,
+                    }
+                }
+            }
+        }
+    });
+
+    let (segments, commands, feedback, ticker, stepper) =
+        tokio::join!(segments, commands, feedback, ticker, stepper);
     shutdown.cancel();
     server.await??;
     segments??;
     commands??;
     feedback??;
     ticker?;
+    stepper?;
     Ok(())
 }

@@ -13,6 +13,10 @@ pub struct PlannerMetrics {
     pub schedule_waiting: IntGauge,
     /// Addresses put on the suppression list by feedback, by reason.
     pub feedback_suppressions: IntCounterVec,
+    pub sequence_enrolments: IntCounter,
+    pub sequence_steps: IntCounterVec,
+    pub sequence_exits: IntCounterVec,
+    pub sequence_waiting: IntGauge,
 }
 
 impl PlannerMetrics {
@@ -36,6 +40,40 @@ impl PlannerMetrics {
         )?;
         Ok(PlannerMetrics {
             feedback_suppressions,
+            sequence_enrolments: reg(
+                registry,
+                IntCounter::new(
+                    "tocsin_planner_sequence_enrolments_total",
+                    "Contacts enrolled in a sequence.",
+                )?,
+            )?,
+            sequence_steps: reg(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "tocsin_planner_sequence_steps_total",
+                        "Sequence steps run, by channel and outcome (sent, skipped, suppressed, expired).",
+                    ),
+                    &["channel", "outcome"],
+                )?,
+            )?,
+            sequence_exits: reg(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "tocsin_planner_sequence_exits_total",
+                        "Enrolments ended before their last step, by reason.",
+                    ),
+                    &["reason"],
+                )?,
+            )?,
+            sequence_waiting: reg(
+                registry,
+                IntGauge::new(
+                    "tocsin_planner_sequence_schedule_enrolments",
+                    "Active enrolments waiting for their next step.",
+                )?,
+            )?,
             planned: reg(
                 registry,
                 IntCounterVec::new(

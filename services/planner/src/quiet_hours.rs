@@ -157,7 +157,7 @@ impl QuietHours {
 /// The UTC instant of `minutes` after midnight of `date` in `tz`. A local time that does
 /// not exist (the hour skipped when clocks go forward) becomes the first instant after the
 /// gap; an ambiguous one (the hour repeated when clocks go back) the earlier of the two.
-fn local_instant(tz: Tz, date: NaiveDate, minutes: u32) -> DateTime<Utc> {
+pub(crate) fn local_instant(tz: Tz, date: NaiveDate, minutes: u32) -> DateTime<Utc> {
     let midnight = NaiveDateTime::new(date, NaiveTime::MIN);
     let local = midnight + Duration::minutes(i64::from(minutes));
     let mut probe = local;

@@ -121,11 +121,17 @@ pub enum Membership<'a> {
 /// Applies a membership change and stores the snapshot unless a newer one is there, in
 /// one script (one round trip). Returns `false` when the snapshot was older than the
 /// stored one and was ignored.
+///
+/// With `mark_entry`, a real entry (the contact was not a member) also leaves a marker in
+/// `t:enrq:{C}` (segment → ms), in the same script: the sequences the segment triggers
+/// enrol the contact from the marker and then delete it, so a planner killed in between
+/// still enrols it when the event is processed again.
 pub async fn apply_membership(
     conn: &mut ConnectionManager,
     contact_id: &str,
     change: Membership<'_>,
     snapshot: Option<&v1::Contact>,
+    mark_entry: bool,
 ) -> RedisResult<bool> {
     static SCRIPT: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
         Script::new(
@@ -139,10 +145,14 @@ pub async fn apply_membership(
               body = string.sub(cur, nl + 1)
             end
             local list = {}
+            local was_member = false
             for s in string.gmatch(segments, '[^,]+') do
-              if s ~= ARGV[3] then table.insert(list, s) end
+              if s ~= ARGV[3] then table.insert(list, s) else was_member = true end
             end
             local entering = ARGV[4] == 'enter'
+            if entering and not was_member and ARGV[6] ~= '' then
+              redis.call('HSET', KEYS[4], ARGV[3], ARGV[6])
+            end
             if entering then table.insert(list, ARGV[3]) end
             local fresh = 1
             if ARGV[2] ~= '' then
@@ -180,11 +190,17 @@ pub async fn apply_membership(
         .key(keys::contact(contact_id))
         .key(keys::segment(segment))
         .key(keys::SEGMENTS)
+        .key(keys::pending_enrolments(contact_id))
         .arg(version)
         .arg(body)
         .arg(segment)
         .arg(verb)
         .arg(contact_id)
+        .arg(if mark_entry {
+            chrono::Utc::now().timestamp_millis().to_string()
+        } else {
+            String::new()
+        })
         .invoke_async(conn)
         .await?;
     Ok(fresh == 1)

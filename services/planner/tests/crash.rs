@@ -5,27 +5,15 @@
 mod support;
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use redis::AsyncCommands;
-use support::{Harness, contact, email_blast, entered, now_secs};
+use support::{Harness, contact, email_blast, entered, now_secs, start_process as start};
 use tocsin_contracts::v1;
 use tocsin_integration_tests::stack::TopicReader;
 
 const N: usize = 20_000;
 const BATCH: usize = 50;
-
-fn start(h: &Harness, instance: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_tocsin-planner"))
-        .envs(h.env.iter().cloned())
-        .env("TOCSIN__PLANNER__INSTANCE", instance)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start tocsin-planner")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_planner_resumes_and_plans_everyone_once() {

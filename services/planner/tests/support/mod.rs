@@ -12,6 +12,19 @@ use tocsin_integration_tests::stack;
 use tocsin_planner::Config;
 use tocsin_runtime::ConfigLoader;
 
+/// The planner binary, in a process of its own on the harness's configuration (so that a
+/// test can SIGKILL it).
+pub fn start_process(h: &Harness, instance: &str) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_tocsin-planner"))
+        .envs(h.env.iter().cloned())
+        .env("TOCSIN__PLANNER__INSTANCE", instance)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("start tocsin-planner")
+}
+
 pub struct Harness {
     pub env: Vec<(String, String)>,
     pub config: Config,
