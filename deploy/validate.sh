@@ -39,7 +39,17 @@ apt_install() {
     apt_updated=1
   fi
   say "apt-get install $*"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+  # Only promtool is wanted from the prometheus package: no Prometheus server may start
+  # from its postinst. A policy-rc.d answering 101 forbids starting services; one is put in
+  # place for the install only, where the machine has none.
+  local policy=/usr/sbin/policy-rc.d placed=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && placed=1
+  fi
+  local status=0
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null || status=$?
+  [ "$placed" = 0 ] || rm -f "$policy"
+  return "$status"
 }
 
 install() {
