@@ -12,7 +12,7 @@ use chrono_tz::Europe::Paris;
 use chrono_tz::Pacific::Noumea;
 use chrono_tz::Tz;
 use redis::AsyncCommands;
-use support::{Harness, contact, entered, start_process};
+use support::{Harness, contact, entered, erased, start_process};
 use tocsin_bus::TraceContext;
 use tocsin_contracts::v1;
 use tocsin_integration_tests::stack::{self, TopicReader};
@@ -22,6 +22,8 @@ use tocsin_planner::clock::Clock;
 const WELCOME_DB: u8 = 16;
 const REENTRY_DB: u8 = 17;
 const CRASH_DB: u8 = 18;
+const VERSIONS_DB: u8 = 22;
+const EXITS_DB: u8 = 23;
 
 fn local(tz: Tz, y: i32, mo: u32, d: u32, h: u32, mi: u32) -> DateTime<Utc> {
     tz.from_local_datetime(
@@ -54,6 +56,16 @@ fn step(name: &str, wait_s: i64, channel: v1::Channel, template: &str) -> v1::Se
 }
 
 async fn define(h: &Harness, id: &str, version: u32, definition: v1::SequenceDefinition) {
+    define_migrating(h, id, version, definition, false).await;
+}
+
+async fn define_migrating(
+    h: &Harness,
+    id: &str,
+    version: u32,
+    definition: v1::SequenceDefinition,
+    migrate: bool,
+) {
     let event_id = stack::unique("cmd");
     let command = v1::CampaignCommand {
         meta: Some(v1::EventMeta {
@@ -67,7 +79,7 @@ async fn define(h: &Harness, id: &str, version: u32, definition: v1::SequenceDef
         command: Some(v1::campaign_command::Command::DefineSequence(
             v1::DefineSequence {
                 definition: Some(definition),
-                migrate_enrolments: false,
+                migrate_enrolments: migrate,
                 version,
             },
         )),
@@ -105,10 +117,14 @@ fn left(segment: &str, contact_id: &str) -> v1::SegmentEvent {
 }
 
 fn volunteer(id: &str, zone: &str) -> v1::Contact {
+    // A mobile number of one's own, derived from the id.
+    let n = id
+        .bytes()
+        .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
     let mut c = contact(
         id,
         &format!("{id}@exemple.fr"),
-        "+33612345678",
+        &format!("+336{:08}", n % 100_000_000),
         &[v1::Channel::Email, v1::Channel::Sms],
         1_700_000_000,
     );
@@ -653,4 +669,159 @@ async fn a_planner_killed_mid_sequence_sends_every_step_once() {
     println!("{kills} kills; {republished} step(s) published again (same key)");
     planner.kill().expect("stop");
     planner.wait().expect("reaped");
+}
+
+/// Two e-mails a day apart; the second's template names the version.
+fn two_steps(second_template: &str) -> v1::SequenceDefinition {
+    let mut d = one_step("news", "news", 0);
+    d.steps
+        .push(step("day two", 86_400, v1::Channel::Email, second_template));
+    d
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_enrolments_keep_their_version_unless_the_edit_migrates_them() {
+    let h = Harness::new(
+        "versions",
+        VERSIONS_DB,
+        &[
+            ("TOCSIN__PLANNER__SEQUENCE_INDEX_REFRESH_MS", "0"),
+            ("TOCSIN__PLANNER__FREQUENCY_CAP", "0"),
+        ],
+    )
+    .await;
+    let t0 = local(Paris, 2026, 12, 1, 10, 0);
+    let clock = Clock::manual(t0);
+    let (stop, planner) = start_in_process(&h, &clock);
+    let mut lane = Lane::new(&h);
+
+    // x enrols on version 1; version 2 (not migrating) arrives; y enrols on it.
+    define(&h, "news", 1, two_steps("v1-day-two")).await;
+    h.publish_segment_events(&[entered("news", volunteer("x", "Europe/Paris"))])
+        .await;
+    lane.until(1).await;
+    define(&h, "news", 2, two_steps("v2-day-two")).await;
+    h.publish_segment_events(&[entered("news", volunteer("y", "Europe/Paris"))])
+        .await;
+    lane.until(2).await;
+    clock.advance(chrono::Duration::days(1));
+    lane.until(4).await;
+    let template_of = |lane: &Lane, contact: &str, step: u32| {
+        lane.jobs
+            .iter()
+            .find(|j| j.contact.as_ref().is_some_and(|c| c.id == contact) && j.step == step)
+            .map(|j| j.template_id.clone())
+    };
+    assert_eq!(template_of(&lane, "x", 2).as_deref(), Some("v1-day-two"));
+    assert_eq!(template_of(&lane, "y", 2).as_deref(), Some("v2-day-two"));
+
+    // z enrols on version 2; version 3 migrates running enrolments: z's second step is
+    // version 3's.
+    h.publish_segment_events(&[entered("news", volunteer("z", "Europe/Paris"))])
+        .await;
+    lane.until(5).await;
+    define_migrating(&h, "news", 3, two_steps("v3-day-two"), true).await;
+    clock.advance(chrono::Duration::days(1));
+    lane.until(6).await;
+    assert_eq!(template_of(&lane, "z", 2).as_deref(), Some("v3-day-two"));
+    let mut conn = h.redis.clone();
+    let record: String = conn.hget("t:enr:{z}", "news").await.expect("record");
+    assert!(
+        record.starts_with("1|3|3|"),
+        "finished on version 3: {record}"
+    );
+    let record: String = conn.hget("t:enr:{x}", "news").await.expect("record");
+    assert!(
+        record.starts_with("1|1|3|"),
+        "x finished on version 1: {record}"
+    );
+    stop.cancel();
+    planner.await.expect("join").expect("planner");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn goals_opt_outs_and_erasure_end_enrolments_at_once() {
+    let h = Harness::new(
+        "exits",
+        EXITS_DB,
+        &[
+            ("TOCSIN__PLANNER__SEQUENCE_INDEX_REFRESH_MS", "0"),
+            ("TOCSIN__PLANNER__FREQUENCY_CAP", "0"),
+        ],
+    )
+    .await;
+    let clock = Clock::manual(local(Paris, 2026, 12, 1, 10, 0));
+    let (stop, planner) = start_in_process(&h, &clock);
+    let mut definition = two_steps("second");
+    definition.exit = Some(v1::SequenceExit {
+        on_leaving_trigger: true,
+        goal_segment_ids: vec!["members".into()],
+        on_unsubscribe: true,
+    });
+    define(&h, "news", 1, definition).await;
+    let mut lane = Lane::new(&h);
+    let people: Vec<v1::SegmentEvent> = ["keeps", "joins", "stops", "erased"]
+        .iter()
+        .map(|c| entered("news", volunteer(c, "Europe/Paris")))
+        .collect();
+    h.publish_segment_events(&people).await;
+    lane.until(4).await;
+
+    // "joins" reaches the goal, "stops" unsubscribes (from any message), "erased" is erased.
+    h.publish_segment_events(&[
+        entered("members", volunteer("joins", "Europe/Paris")),
+        erased("erased"),
+    ])
+    .await;
+    let unsubscribe = v1::Feedback {
+        meta: Some(v1::EventMeta {
+            event_id: stack::unique("unsub"),
+            occurred_at: None,
+            source: "tracker".into(),
+        }),
+        kind: v1::FeedbackKind::Unsubscribed.into(),
+        contact_id: "stops".into(),
+        campaign_id: "some-blast".into(),
+        idempotency_key: "some-blast:stops:email".into(),
+        channel: v1::Channel::Email.into(),
+        ..Default::default()
+    };
+    h.producer
+        .publish(
+            &h.config.kafka.topics.feedback.name,
+            "stops",
+            "unsub-stops",
+            &unsubscribe,
+            &TraceContext::new_root(),
+        )
+        .await
+        .expect("unsubscribe");
+    h.wait_redis("three exits", Duration::from_secs(30), async |_| {
+        let f = funnel(&h, "news").await;
+        let exits = ["goal", "unsubscribed", "erased"]
+            .iter()
+            .all(|r| f.get(&format!("exited.{r}")) == Some(&1));
+        exits.then_some(())
+    })
+    .await;
+    let mut conn = h.redis.clone();
+    let erased_records: bool = conn.exists("t:enr:{erased}").await.expect("exists");
+    assert!(!erased_records, "an erased person's enrolments are deleted");
+    for c in ["joins", "stops", "erased"] {
+        assert_eq!(due_ms(&h, "news", c).await, None, "{c} left the schedule");
+    }
+
+    clock.advance(chrono::Duration::days(1));
+    lane.until(5).await;
+    let extra = lane
+        .reader
+        .read_for::<v1::SendJob>(Duration::from_secs(1))
+        .await;
+    assert!(extra.is_empty(), "{extra:?}");
+    assert!(lane.keys().contains_key("seq~news~e1~2:keeps:email"));
+    let f = funnel(&h, "news").await;
+    assert_eq!(f.get("completed"), Some(&1), "{f:?}");
+    assert_eq!(f.get("at.2").copied().unwrap_or(0), 0, "{f:?}");
+    stop.cancel();
+    planner.await.expect("join").expect("planner");
 }

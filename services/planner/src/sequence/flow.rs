@@ -602,9 +602,13 @@ impl Sequences {
     ) -> Decision {
         let in_segment = |s: &str| facts.segments.iter().any(|m| m == s);
         let exit = def.exit.clone().unwrap_or_default();
-        let opted_out = facts.suppression.iter().flatten().any(|r| {
-            r.starts_with("unsubscribed") || r.starts_with("complained") || r.starts_with("erased")
-        });
+        // An opt-out on any of the contact's addresses (an erased entry is someone else's
+        // erasure of a shared number: the step's own suppression check handles it).
+        let opted_out = facts
+            .suppression
+            .iter()
+            .flatten()
+            .any(|r| r.starts_with("unsubscribed") || r.starts_with("complained"));
         if exit.on_leaving_trigger && !in_segment(&def.trigger_segment_id) {
             return Decision::Exit("left_trigger");
         }
