@@ -1,6 +1,10 @@
 //! One job, one message: the pinned template version rendered for the contact, tracking
 //! added when the campaign asks for it, then the compliance parts no template can forget.
 //!
+//! A sequence step has no campaign: its signed links (unsubscribe, open, click) carry its
+//! step group (`seq~<sequence>~e<n>~<step>`, [`link_group`]) where a blast's carry the
+//! campaign id, so that the tracker attributes what the recipient does to the step.
+//!
 //! Pure apart from the compiled-template cache: the consumer ([`crate::service`]), the
 //! control API's preview and test send, the golden tests and the benchmark all go through
 //! [`Composer::compose`], so what a writer previews is what a recipient receives.
@@ -10,6 +14,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use serde_json::{Value, json};
 use tocsin_contracts::v1;
+use tocsin_planner::sequence::StepRef;
 use tocsin_templates::{Channel, TemplateVersion};
 
 use crate::compliance::{self, SenderProfile};
@@ -91,6 +96,20 @@ impl Refusal {
     pub fn dead_letters(&self) -> bool {
         !matches!(self, Refusal::TooLong { .. })
     }
+}
+
+/// What a job's signed links name where a blast's name its campaign: the campaign id, or
+/// for a sequence step (no campaign, its sequence fields set) the step group, which the
+/// tracker reads back with [`StepRef::parse_group`]. The idempotency key of such a job is
+/// `<group>:<contact>:<channel>`, so the tracker rebuilds it from a token as it does a
+/// blast's.
+pub fn link_group(job: &v1::SendJob) -> String {
+    if job.campaign_id.is_empty()
+        && let Some(step) = StepRef::from_fields(&job.sequence_id, &job.enrolment_id, job.step)
+    {
+        return step.group();
+    }
+    job.campaign_id.clone()
 }
 
 fn channel_name(channel: Channel) -> &'static str {
@@ -227,13 +246,13 @@ impl Composer {
         }
         let profile = self.profile(&job.sender_profile)?;
         self.prepare(template)?;
+        let group = link_group(job);
         let who = Recipient {
-            campaign_id: &job.campaign_id,
+            campaign_id: &group,
             contact_id: &contact.id,
             channel: channel_name(channel),
         };
-        let unsubscribe =
-            compliance::unsubscribe_url(profile, &self.signer, &job.campaign_id, &contact.id)?;
+        let unsubscribe = compliance::unsubscribe_url(profile, &self.signer, &group, &contact.id)?;
         let extra = BTreeMap::from([
             ("campaign", json!({ "id": job.campaign_id })),
             (
@@ -371,5 +390,34 @@ impl Composer {
                 }))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn links_name_the_campaign_or_else_the_step() {
+        let step = StepRef {
+            sequence_id: "bienvenue".into(),
+            enrolment: 3,
+            step: 1,
+        };
+        let mut job = v1::SendJob {
+            campaign_id: "cmp-a".into(),
+            ..Default::default()
+        };
+        assert_eq!(link_group(&job), "cmp-a");
+        job.campaign_id.clear();
+        assert_eq!(link_group(&job), "", "neither: nothing to name");
+        job.sequence_id = step.sequence_id.clone();
+        job.enrolment_id = step.enrolment_id();
+        job.step = step.step;
+        assert_eq!(link_group(&job), "seq~bienvenue~e3~1");
+        assert_eq!(StepRef::parse_group(&link_group(&job)), Some(step));
+        // A campaign id wins when a job has both.
+        job.campaign_id = "cmp-b".into();
+        assert_eq!(link_group(&job), "cmp-b");
     }
 }

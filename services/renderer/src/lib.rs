@@ -2,10 +2,12 @@
 //!
 //! # Layout
 //! - [`config`]: `[renderer]` settings: token key, SMS limits, sender profiles.
-//! - [`service`]: the `tocsin.jobs` handler: expiry, cancelled campaigns, template
-//!   versions cached, the message or `Feedback(failed, reason)` and the dead-letter topic.
+//! - [`service`]: the handler of `tocsin.jobs` and `tocsin.jobs.triggered`: expiry,
+//!   cancelled campaigns, template versions cached, the message on its lane's outbound
+//!   topic or `Feedback(failed, reason)` and the dead-letter topic.
 //! - [`compose`]: one job, one message; shared with the control API's preview and test
-//!   send, so a preview is exactly what is sent.
+//!   send, so a preview is exactly what is sent. A sequence step's links name its step
+//!   group where a blast's name its campaign.
 //! - [`render`]: templates compiled once per version; contact data HTML-escaped in HTML
 //!   parts; a missing field without fallback is an error naming it; `default`, `number`
 //!   and `date` helpers in the contact's language and time zone.
@@ -37,8 +39,10 @@ use tocsin_bus::service::{Base, Spec};
 
 pub use config::Config;
 
-/// Runs the renderer until `shutdown`: consumes `tocsin.jobs`, publishes rendered messages
-/// and feedback; then finishes in-flight jobs and commits.
+/// Runs the renderer until `shutdown`: consumes `tocsin.jobs` and, with a consumer of its
+/// own (group `<group_id>-triggered`, so that a blast's backlog never delays it), the
+/// triggered lane's `tocsin.jobs.triggered`; publishes rendered messages and feedback;
+/// then finishes in-flight jobs and commits.
 pub async fn run(
     config: Config,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -66,6 +70,9 @@ pub async fn run(
                 &topics.jobs,
                 &topics.outbound_email,
                 &topics.outbound_sms,
+                &topics.jobs_triggered,
+                &topics.outbound_email_triggered,
+                &topics.outbound_sms_triggered,
                 &topics.feedback,
                 &topics.dlq,
             ],
@@ -83,7 +90,7 @@ pub async fn run(
         ..
     } = base;
 
-    let handler = service::JobsHandler {
+    let handler = Arc::new(service::JobsHandler {
         composer: Arc::new(compose::Composer::new(&config.renderer)),
         redis,
         producer: producer.clone(),
@@ -92,23 +99,38 @@ pub async fn run(
         states: tocsin_planner::campaign::StateCache::new(Duration::from_millis(
             config.renderer.campaign_state_ttl_ms,
         )),
+    });
+    // One consumer per lane, one handler: the triggered lane's jobs are taken as they
+    // come, whatever the bulk consumer still has to read.
+    let consumer = |topic: &tocsin_bus::TopicSpec, group_id: String, client_id: String| {
+        tocsin_bus::spawn_consumer(
+            &config.kafka,
+            ConsumerSpec {
+                group_id,
+                client_id,
+                topics: vec![topic.name.clone()],
+                dlq_topic: topics.dlq.name.clone(),
+            },
+            handler.clone(),
+            producer.clone(),
+            bus_metrics.clone(),
+            shutdown.clone(),
+        )
     };
-    let jobs = tocsin_bus::spawn_consumer(
-        &config.kafka,
-        ConsumerSpec {
-            group_id: config.renderer.group_id.clone(),
-            client_id: instance,
-            topics: vec![topics.jobs.name.clone()],
-            dlq_topic: topics.dlq.name.clone(),
-        },
-        Arc::new(handler),
-        producer,
-        bus_metrics,
-        shutdown.clone(),
+    let bulk = consumer(
+        &topics.jobs,
+        config.renderer.group_id.clone(),
+        instance.clone(),
     );
-    let jobs = jobs.await;
+    let triggered = consumer(
+        &topics.jobs_triggered,
+        format!("{}-triggered", config.renderer.group_id),
+        format!("{instance}-triggered"),
+    );
+    let (bulk, triggered) = tokio::join!(bulk, triggered);
     shutdown.cancel();
     server.await??;
-    jobs??;
+    bulk??;
+    triggered??;
     Ok(())
 }

@@ -4,8 +4,9 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, R
 
 #[derive(Debug, Clone)]
 pub struct RendererMetrics {
-    /// Jobs by channel and outcome (`rendered`, `expired`, `cancelled`, or the refusal's
-    /// class: `template_not_found`, `missing_field`, `too_long`, ...).
+    /// Jobs by channel, lane (`bulk`, `triggered`) and outcome (`rendered`, `expired`,
+    /// `cancelled`, or the refusal's class: `template_not_found`, `missing_field`,
+    /// `too_long`, ...).
     pub renders: IntCounterVec,
     pub duration: HistogramVec,
     /// SMS parts produced, by encoding: what the providers will bill.
@@ -19,9 +20,9 @@ impl RendererMetrics {
         let renders = IntCounterVec::new(
             Opts::new(
                 "tocsin_renderer_jobs_total",
-                "Send jobs handled, by channel and outcome.",
+                "Send jobs handled, by channel, lane and outcome.",
             ),
-            &["channel", "outcome"],
+            &["channel", "lane", "outcome"],
         )?;
         let duration = HistogramVec::new(
             HistogramOpts::new(

@@ -1,10 +1,16 @@
-//! The `tocsin.jobs` handler: each job becomes a `RenderedEmail` or `RenderedSms`, or a
-//! `Feedback` saying why not.
+//! The handler of `tocsin.jobs` and `tocsin.jobs.triggered`: each job becomes a
+//! `RenderedEmail` or `RenderedSms`, or a `Feedback` saying why not.
+//!
+//! The job's lane, not the topic it came from, chooses the outbound topic: a
+//! `LANE_TRIGGERED` job (a sequence step, a test send) goes to
+//! `tocsin.outbound.{email,sms}.triggered`, served first by the sender; any other to
+//! `tocsin.outbound.{email,sms}`.
 //!
 //! In order, for each job:
 //! 1. past its expiry: `Feedback(expired)`, nothing rendered;
 //! 2. its campaign cancelled: `Feedback(cancelled)`, nothing rendered (the state is read
-//!    from the planner's campaign record, cached for `campaign_state_ttl_ms`);
+//!    from the planner's campaign record, cached for `campaign_state_ttl_ms`; a sequence
+//!    step has no campaign and is not checked);
 //! 3. the pinned template version, from the cache or Redis (then compiled, once);
 //! 4. rendered: the message is published to its outbound topic and acknowledged before the
 //!    job's offset may be committed; refused: `Feedback(failed, reason)`, and for a
@@ -46,6 +52,15 @@ fn channel_label(channel: v1::Channel) -> &'static str {
     match channel {
         v1::Channel::Sms => "sms",
         _ => "email",
+    }
+}
+
+/// `bulk` or `triggered`: the metrics label of a lane. A job that names no lane is bulk
+/// (only an explicit `LANE_TRIGGERED` is served first).
+pub fn lane_label(lane: v1::Lane) -> &'static str {
+    match lane {
+        v1::Lane::Triggered => "triggered",
+        v1::Lane::Bulk | v1::Lane::Unspecified => "bulk",
     }
 }
 
@@ -138,11 +153,22 @@ impl Handler for JobsHandler {
         let job: v1::SendJob = message.decode()?;
         let trace = message.trace();
         let channel = channel_label(job.channel());
+        let lane = job.lane();
         let count = |outcome: &str| {
             self.metrics
                 .renders
-                .with_label_values(&[channel, outcome])
+                .with_label_values(&[channel, lane_label(lane), outcome])
                 .inc();
+        };
+        let (email_topic, sms_topic) = match lane {
+            v1::Lane::Triggered => (
+                &self.topics.outbound_email_triggered.name,
+                &self.topics.outbound_sms_triggered.name,
+            ),
+            v1::Lane::Bulk | v1::Lane::Unspecified => (
+                &self.topics.outbound_email.name,
+                &self.topics.outbound_sms.name,
+            ),
         };
 
         let now = tocsin_contracts::timestamp_now();
@@ -207,13 +233,7 @@ impl Handler for JobsHandler {
                     .map(|m| m.event_id.as_str())
                     .unwrap_or("");
                 self.producer
-                    .publish(
-                        &self.topics.outbound_email.name,
-                        key,
-                        event_id,
-                        &email,
-                        &trace,
-                    )
+                    .publish(email_topic, key, event_id, &email, &trace)
                     .await
                     .map_err(HandleError::transient)?;
                 count("rendered");
@@ -222,7 +242,7 @@ impl Handler for JobsHandler {
             Ok(Message::Sms(sms)) => {
                 let event_id = sms.meta.as_ref().map(|m| m.event_id.as_str()).unwrap_or("");
                 self.producer
-                    .publish(&self.topics.outbound_sms.name, key, event_id, &sms, &trace)
+                    .publish(sms_topic, key, event_id, &sms, &trace)
                     .await
                     .map_err(HandleError::transient)?;
                 let encoding = match sms.encoding() {
@@ -247,6 +267,7 @@ impl Handler for JobsHandler {
                 count(refusal.class());
                 tracing::warn!(
                     campaign = %job.campaign_id,
+                    sequence = %job.sequence_id,
                     template = %job.template_id,
                     version = job.template_version,
                     class = refusal.class(),

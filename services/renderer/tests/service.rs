@@ -1,6 +1,10 @@
 //! The renderer service against the real stack: jobs from `tocsin.jobs` become rendered
 //! messages, or feedback saying why not, and template mistakes reach the dead-letter topic
-//! while the partition goes on.
+//! while the partition goes on. Triggered jobs (sequence steps, test sends) go to the
+//! triggered lane's outbound topics, their links naming the step.
+//!
+//! The tests share Redis database 12 and run at once: every template id is unique to a
+//! run, and nothing flushes the database.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -9,6 +13,7 @@ use redis::AsyncCommands;
 use tocsin_bus::TraceContext;
 use tocsin_contracts::{Timestamp, codec, v1};
 use tocsin_integration_tests::stack::{self, TopicReader};
+use tocsin_planner::sequence::StepRef;
 use tocsin_renderer::Config;
 use tocsin_renderer::tokens::{Purpose, Signer};
 use tocsin_runtime::ConfigLoader;
@@ -114,7 +119,6 @@ async fn jobs_become_messages_feedback_or_dead_letters() {
         .env(env.iter().cloned())
         .load()
         .expect("renderer configuration");
-    stack::flush_redis(&config.redis.url).await;
     let topics = config.kafka.topics.clone();
     tocsin_bus::admin::ensure_topics(&config.kafka, &topics.all())
         .await
@@ -123,10 +127,12 @@ async fn jobs_become_messages_feedback_or_dead_letters() {
     let mut conn = redis::aio::ConnectionManager::new(client)
         .await
         .expect("redis");
-    tocsin_templates::store::put(&mut conn, "rentree", email_draft(), "test", 0)
+    let rentree = stack::unique("rentree");
+    let rappel = stack::unique("rappel");
+    tocsin_templates::store::put(&mut conn, &rentree, email_draft(), "test", 0)
         .await
         .expect("store");
-    tocsin_templates::store::put(&mut conn, "rappel", sms_draft(), "test", 0)
+    tocsin_templates::store::put(&mut conn, &rappel, sms_draft(), "test", 0)
         .await
         .expect("store");
     let _: () = conn
@@ -140,7 +146,7 @@ async fn jobs_become_messages_feedback_or_dead_letters() {
 
     let mut tracked = job(
         "cmp-a",
-        "rentree",
+        &rentree,
         v1::Channel::Email,
         contact("c-1", "Inès", "fr-FR"),
     );
@@ -150,30 +156,25 @@ async fn jobs_become_messages_feedback_or_dead_letters() {
     });
     let english = job(
         "cmp-a",
-        "rentree",
+        &rentree,
         v1::Channel::Email,
         contact("c-2", "Sam", "en"),
     );
     let sms = job(
         "cmp-a",
-        "rappel",
+        &rappel,
         v1::Channel::Sms,
         contact("c-3", "Léa", "fr"),
     );
     // c-4 has no first name: the e-mail template gives no fallback.
     let missing = job(
         "cmp-a",
-        "rentree",
+        &rentree,
         v1::Channel::Email,
         contact("c-4", "", "fr"),
     );
     // The same contact's next job, on the same partition, must still go out.
-    let after_missing = job(
-        "cmp-b",
-        "rappel",
-        v1::Channel::Sms,
-        contact("c-4", "", "fr"),
-    );
+    let after_missing = job("cmp-b", &rappel, v1::Channel::Sms, contact("c-4", "", "fr"));
     let mut unknown = job(
         "cmp-a",
         "absent",
@@ -183,20 +184,20 @@ async fn jobs_become_messages_feedback_or_dead_letters() {
     unknown.template_id = "absent".into();
     let mut expired = job(
         "cmp-a",
-        "rentree",
+        &rentree,
         v1::Channel::Email,
         contact("c-6", "Max", "fr"),
     );
     expired.expires_at = Some(ts(-60));
     let cancelled = job(
         "cmp-annule",
-        "rentree",
+        &rentree,
         v1::Channel::Email,
         contact("c-7", "Zoé", "fr"),
     );
     let mut too_long = job(
         "cmp-a",
-        "rappel",
+        &rappel,
         v1::Channel::Sms,
         contact("c-8", &"Marie-".repeat(40), "fr"),
     );
@@ -434,4 +435,253 @@ async fn jobs_become_messages_feedback_or_dead_letters() {
     )
     .expect("the original job is kept whole");
     assert_eq!(original.idempotency_key, missing.idempotency_key);
+}
+
+/// A sequence step's job, as the planner publishes it on the triggered lane: no campaign,
+/// the step group in the key.
+fn step_job(step: &StepRef, template: &str, channel: v1::Channel, who: v1::Contact) -> v1::SendJob {
+    let key = step.idempotency_key(&who.id, channel);
+    v1::SendJob {
+        meta: Some(v1::EventMeta {
+            event_id: format!("job:{key}"),
+            occurred_at: Some(ts(0)),
+            source: "test".into(),
+        }),
+        idempotency_key: key,
+        channel: channel.into(),
+        template_id: template.into(),
+        template_version: 1,
+        contact: Some(who),
+        not_before: Some(ts(0)),
+        expires_at: Some(ts(3600)),
+        lane: v1::Lane::Triggered.into(),
+        tracking: Some(v1::TrackingOptions {
+            open_pixel: true,
+            click_rewriting: true,
+        }),
+        sequence_id: step.sequence_id.clone(),
+        enrolment_id: step.enrolment_id(),
+        step: step.step,
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn triggered_jobs_take_the_triggered_lane_and_name_their_step() {
+    let mut env = stack::service_env("renderer-lane", 3, REDIS_DB);
+    env.push((
+        "TOCSIN__RENDERER__GROUP_ID".into(),
+        stack::unique("renderer"),
+    ));
+    let config: Config = ConfigLoader::defaults_only(Some(tocsin_renderer::config::DEFAULTS))
+        .env(env.iter().cloned())
+        .load()
+        .expect("renderer configuration");
+    let topics = config.kafka.topics.clone();
+    tocsin_bus::admin::ensure_topics(&config.kafka, &topics.all())
+        .await
+        .expect("topics");
+    let client = redis::Client::open(config.redis.url.as_str()).expect("url");
+    let mut conn = redis::aio::ConnectionManager::new(client)
+        .await
+        .expect("redis");
+    let bienvenue = stack::unique("bienvenue");
+    let rappel = stack::unique("rappel");
+    tocsin_templates::store::put(&mut conn, &bienvenue, email_draft(), "test", 0)
+        .await
+        .expect("store");
+    tocsin_templates::store::put(&mut conn, &rappel, sms_draft(), "test", 0)
+        .await
+        .expect("store");
+
+    let step = StepRef {
+        sequence_id: "bienvenue-2026".into(),
+        enrolment: 1,
+        step: 2,
+    };
+    let welcome = step_job(
+        &step,
+        &bienvenue,
+        v1::Channel::Email,
+        contact("s-1", "Inès", "fr"),
+    );
+    let welcome_sms = step_job(
+        &step,
+        &rappel,
+        v1::Channel::Sms,
+        contact("s-2", "Léa", "fr"),
+    );
+    let mut late = step_job(
+        &step,
+        &bienvenue,
+        v1::Channel::Email,
+        contact("s-3", "Max", "fr"),
+    );
+    late.expires_at = Some(ts(-60));
+    // A blast's job and a test send: both on tocsin.jobs; the lane decides.
+    let blast = job(
+        "cmp-lane",
+        &bienvenue,
+        v1::Channel::Email,
+        contact("b-1", "Sam", "fr"),
+    );
+    let mut test_send = job(
+        "test-lane",
+        &bienvenue,
+        v1::Channel::Email,
+        contact("t-1", "Jo", "fr"),
+    );
+    test_send.lane = v1::Lane::Triggered.into();
+
+    let trace = TraceContext::new_root();
+    let producer = stack::producer(&config.kafka);
+    for (topic, j) in [
+        (&topics.jobs_triggered.name, &welcome),
+        (&topics.jobs_triggered.name, &welcome_sms),
+        (&topics.jobs_triggered.name, &late),
+        (&topics.jobs.name, &blast),
+        (&topics.jobs.name, &test_send),
+    ] {
+        let who = &j.contact.as_ref().expect("contact").id;
+        producer
+            .publish(topic, who, &format!("job:{}", j.idempotency_key), j, &trace)
+            .await
+            .expect("publish job");
+    }
+
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let service = tokio::spawn(tocsin_renderer::run(config.clone(), async {
+        let _ = stopped.await;
+    }));
+    let wait = Duration::from_secs(60);
+    let contact_of = |o: Option<&v1::Origin>| o.map(|o| o.contact_id.clone()).unwrap_or_default();
+    let triggered = TopicReader::new(&topics.outbound_email_triggered.name)
+        .read_until::<v1::RenderedEmail>(wait, |r| {
+            let ids: Vec<String> = r
+                .iter()
+                .map(|e| contact_of(e.event.origin.as_ref()))
+                .collect();
+            ids.contains(&"s-1".to_owned()) && ids.contains(&"t-1".to_owned())
+        })
+        .await;
+    let bulk = TopicReader::new(&topics.outbound_email.name)
+        .read_until::<v1::RenderedEmail>(wait, |r| !r.is_empty())
+        .await;
+    let sms = TopicReader::new(&topics.outbound_sms_triggered.name)
+        .read_until::<v1::RenderedSms>(wait, |r| !r.is_empty())
+        .await;
+    let feedback = TopicReader::new(&topics.feedback.name)
+        .read_until::<v1::Feedback>(wait, |r| !r.is_empty())
+        .await;
+    let _ = stop.send(());
+    service
+        .await
+        .expect("renderer task")
+        .expect("renderer ran and stopped cleanly");
+
+    // Only the blast's job on the bulk lane; the step and the test send on the triggered.
+    let bulk_ids: Vec<String> = bulk
+        .iter()
+        .map(|e| contact_of(e.event.origin.as_ref()))
+        .collect();
+    assert_eq!(bulk_ids, ["b-1"]);
+    assert!(
+        triggered
+            .iter()
+            .all(|e| ["s-1", "t-1"].contains(&contact_of(e.event.origin.as_ref()).as_str())),
+        "nothing else on the triggered lane"
+    );
+
+    // The step's e-mail: its origin names the step and no campaign.
+    let email = &triggered
+        .iter()
+        .find(|e| contact_of(e.event.origin.as_ref()) == "s-1")
+        .expect("the step's e-mail")
+        .event;
+    let origin = email.origin.as_ref().expect("origin");
+    assert_eq!(
+        (
+            origin.campaign_id.as_str(),
+            origin.sequence_id.as_str(),
+            origin.enrolment_id.as_str(),
+            origin.step,
+            origin.lane(),
+            origin.idempotency_key.as_str(),
+        ),
+        (
+            "",
+            "bienvenue-2026",
+            "e1",
+            2,
+            v1::Lane::Triggered,
+            welcome.idempotency_key.as_str(),
+        )
+    );
+    // Every signed link carries the step group where a blast's carries the campaign.
+    let signer = Signer::new(secrecy::SecretString::from("local-development-only"));
+    let token_after = |text: &str, route: &str| -> String {
+        let at = text
+            .find(route)
+            .unwrap_or_else(|| panic!("{route} in {text}"))
+            + route.len();
+        text[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+            .collect()
+    };
+    let unsubscribe = email
+        .headers
+        .iter()
+        .find(|h| h.name == "List-Unsubscribe")
+        .map(|h| h.value.clone())
+        .expect("List-Unsubscribe");
+    for (token, purpose) in [
+        (token_after(&unsubscribe, "/u/"), Purpose::Unsubscribe),
+        (token_after(&email.html, "/o/"), Purpose::Open),
+        (token_after(&email.html, "/c/"), Purpose::Click),
+    ] {
+        let claims = signer.verify(&token).expect("the token verifies");
+        assert_eq!(claims.purpose, purpose);
+        assert_eq!(claims.campaign_id, step.group(), "{purpose:?}");
+        assert_eq!(claims.contact_id, "s-1");
+    }
+    let test_origin = triggered
+        .iter()
+        .find(|e| contact_of(e.event.origin.as_ref()) == "t-1")
+        .and_then(|e| e.event.origin.clone())
+        .expect("the test send");
+    assert_eq!(test_origin.campaign_id, "test-lane");
+
+    // The step's SMS on the SMS triggered topic.
+    let sms_origin = sms[0].event.origin.as_ref().expect("origin");
+    assert_eq!(
+        (
+            sms_origin.contact_id.as_str(),
+            sms_origin.sequence_id.as_str(),
+            sms_origin.step,
+            sms_origin.lane(),
+        ),
+        ("s-2", "bienvenue-2026", 2, v1::Lane::Triggered)
+    );
+
+    // The expired step's feedback names the step.
+    let expired = &feedback[0].event;
+    assert_eq!(
+        (
+            expired.kind(),
+            expired.contact_id.as_str(),
+            expired.campaign_id.as_str(),
+            expired.sequence_id.as_str(),
+            expired.enrolment_id.as_str(),
+            expired.step,
+        ),
+        (
+            v1::FeedbackKind::Expired,
+            "s-3",
+            "",
+            "bienvenue-2026",
+            "e1",
+            2
+        )
+    );
 }

@@ -34,7 +34,8 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SenderConfig {
-    /// Consumer groups: `<group_id>-email` and `<group_id>-sms`.
+    /// Consumer groups: `<group_id>-email`, `<group_id>-sms`, and for the triggered lane
+    /// `<group_id>-email-triggered`, `<group_id>-sms-triggered`.
     pub group_id: String,
     /// Names this instance in the ledger and logs; empty means `sender-<pid>-<random>`.
     /// Two live instances must never share a name: set it only to something unique.
@@ -90,7 +91,8 @@ pub struct ProviderConfig {
     /// The limit of each sender identity (From address, SMS sender) at this provider.
     #[serde(default = "unlimited")]
     pub identity_rate: Limit,
-    /// Calls to this provider in flight at once, per sender instance. It also bounds the
+    /// Calls to this provider in flight at once, per sender instance, both lanes; bulk
+    /// messages hold at most all but `triggered_share` of them. It also bounds the
     /// duplicates a crash can cause (see `ledger`): at most this many messages per
     /// provider can be at the provider, unrecorded, when an instance dies.
     #[serde(default = "default_in_flight")]

@@ -4,13 +4,15 @@
 //! # Layout
 //! - [`config`]: `[sender]` settings: providers (with their API settings and limits),
 //!   routes, budgets, retries, circuit breakers.
-//! - [`service`]: the `tocsin.outbound.*` handler: campaign state, expiry, ledger,
-//!   attempts, feedback.
+//! - [`service`]: the `tocsin.outbound.*` handler (both lanes): campaign state, expiry,
+//!   ledger, attempts, feedback.
 //! - [`ledger`]: the send ledger in Redis, and the one window in which a duplicate is still
 //!   possible.
 //! - [`throttle`]: provider budgets shared through Redis (GCRA), or local (governor); slow
-//!   down on 429, recover gradually.
-//! - [`routing`]: which provider takes a message; failover by priority.
+//!   down on 429, recover gradually; the share of every budget kept for the triggered
+//!   lane.
+//! - [`routing`]: which provider takes a message; failover by priority; the calls in
+//!   flight kept for the triggered lane.
 //! - [`breaker`]: a circuit breaker per provider.
 //! - [`providers`]: the provider trait and its implementations (SMTP with DKIM; SendGrid,
 //!   Brevo, Twilio, a signed webhook).
@@ -80,14 +82,19 @@ pub fn build_providers(config: &SenderConfig) -> anyhow::Result<Vec<Entry>> {
             identity_rate: p.identity_rate,
             breaker: breaker::Breaker::new(config.breaker),
             in_flight: tokio::sync::Semaphore::new(p.max_in_flight.max(1) as usize),
+            bulk_in_flight: tokio::sync::Semaphore::new(routing::bulk_slots(
+                p.max_in_flight,
+                config.throttle.triggered_share.get(),
+            )),
         });
     }
     Ok(entries)
 }
 
-/// Runs the sender until `shutdown`: consumes `tocsin.outbound.email` and
-/// `tocsin.outbound.sms`, sends, publishes feedback; then finishes or gives back in-flight
-/// messages and commits.
+/// Runs the sender until `shutdown`: consumes `tocsin.outbound.email`,
+/// `tocsin.outbound.sms` and the triggered lane's `tocsin.outbound.email.triggered` and
+/// `tocsin.outbound.sms.triggered`, sends, publishes feedback; then finishes or gives back
+/// in-flight messages and commits.
 pub async fn run(
     config: Config,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -105,6 +112,8 @@ pub async fn run(
             topics: &[
                 &topics.outbound_email,
                 &topics.outbound_sms,
+                &topics.outbound_email_triggered,
+                &topics.outbound_sms_triggered,
                 &topics.feedback,
                 &topics.dlq,
             ],
@@ -175,16 +184,17 @@ pub async fn run(
         }
     });
 
-    // One consumer per channel, each with its own group and in-flight limit: a contact's
-    // SMS waiting for a throttled provider's budget must not hold up their e-mail (messages
-    // with one key are handled in order within a consumer).
+    // One consumer per channel and lane, each with its own group and in-flight limit: a
+    // contact's SMS waiting for a throttled provider's budget must not hold up their
+    // e-mail (messages with one key are handled in order within a consumer), and a
+    // sequence step must not wait behind a blast's backlog.
     let handler = Arc::new(service::OutboundHandler { sender });
-    let consumer = |topic: &tocsin_bus::TopicSpec, channel: &str| {
+    let consumer = |topic: &tocsin_bus::TopicSpec, name: &str| {
         tocsin_bus::spawn_consumer(
             &config.kafka,
             ConsumerSpec {
-                group_id: format!("{}-{channel}", config.sender.group_id),
-                client_id: format!("{instance}-{channel}"),
+                group_id: format!("{}-{name}", config.sender.group_id),
+                client_id: format!("{instance}-{name}"),
                 topics: vec![topic.name.clone()],
                 dlq_topic: topics.dlq.name.clone(),
             },
@@ -196,7 +206,10 @@ pub async fn run(
     };
     let email = consumer(&topics.outbound_email, "email");
     let sms = consumer(&topics.outbound_sms, "sms");
-    let (email, sms) = tokio::join!(email, sms);
+    let email_triggered = consumer(&topics.outbound_email_triggered, "email-triggered");
+    let sms_triggered = consumer(&topics.outbound_sms_triggered, "sms-triggered");
+    let (email, sms, email_triggered, sms_triggered) =
+        tokio::join!(email, sms, email_triggered, sms_triggered);
     shutdown.cancel();
     heartbeat.await?;
     if let Err(error) = ledger.leave().await {
@@ -205,5 +218,7 @@ pub async fn run(
     server.await??;
     email??;
     sms??;
+    email_triggered??;
+    sms_triggered??;
     Ok(())
 }

@@ -7,13 +7,15 @@ use prometheus::{
 
 #[derive(Debug, Clone)]
 pub struct SenderMetrics {
-    /// Messages by provider, channel and outcome (`sent`, `failed`, `bounced`,
-    /// `opted_out`, `expired`, `cancelled`, `already_sent`, `no_provider`).
+    /// Messages by provider, channel, lane (`bulk`, `triggered`) and outcome (`sent`,
+    /// `failed`, `bounced`, `opted_out`, `expired`, `cancelled`, `already_sent`,
+    /// `no_provider`).
     pub messages: IntCounterVec,
     /// Provider calls by provider and result (`accepted`, `transient`, `slow_down`,
     /// `permanent`).
     pub attempts: IntCounterVec,
     pub latency: HistogramVec,
+    /// By provider and lane: what the triggered lane's reservation buys shows here.
     pub throttle_wait: HistogramVec,
     /// Current rate per provider scope, units per second (after slow-downs).
     pub rate_limit: prometheus::GaugeVec,
@@ -30,9 +32,9 @@ impl SenderMetrics {
         let messages = IntCounterVec::new(
             Opts::new(
                 "tocsin_sender_messages_total",
-                "Messages handled, by provider, channel and outcome.",
+                "Messages handled, by provider, channel, lane and outcome.",
             ),
-            &["provider", "channel", "outcome"],
+            &["provider", "channel", "lane", "outcome"],
         )?;
         let attempts = IntCounterVec::new(
             Opts::new(
@@ -54,12 +56,12 @@ impl SenderMetrics {
         let throttle_wait = HistogramVec::new(
             HistogramOpts::new(
                 "tocsin_sender_throttle_wait_seconds",
-                "Time a message waited for its provider's budget.",
+                "Time a message waited for its provider's budget, by provider and lane.",
             )
             .buckets(vec![
                 0.0, 0.001, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0,
             ]),
-            &["provider"],
+            &["provider", "lane"],
         )?;
         let rate_limit = prometheus::GaugeVec::new(
             Opts::new(

@@ -23,8 +23,25 @@ pub struct Entry {
     pub rate: Limit,
     pub identity_rate: Limit,
     pub breaker: Breaker,
-    /// Calls in flight at once (`max_in_flight`).
+    /// Calls in flight at once (`max_in_flight`), both lanes.
     pub in_flight: tokio::sync::Semaphore,
+    /// How many of them bulk messages may hold (taken before `in_flight`): the rest,
+    /// `triggered_share` of them (at least one), stay free for the triggered lane, so a
+    /// welcome message never queues behind a blast's messages waiting for their budget.
+    pub bulk_in_flight: tokio::sync::Semaphore,
+}
+
+/// The calls bulk messages may have in flight out of `max_in_flight`: all but
+/// `triggered_share` of them (rounded up, at least one kept when the share is not 0), and
+/// never fewer than one.
+pub fn bulk_slots(max_in_flight: u32, triggered_share: f64) -> usize {
+    let max = max_in_flight.max(1) as usize;
+    let kept = if triggered_share > 0.0 {
+        ((max as f64 * triggered_share).ceil() as usize).max(1)
+    } else {
+        0
+    };
+    max.saturating_sub(kept).max(1)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -158,5 +175,20 @@ impl Router {
                 .unwrap_or(Duration::from_millis(100))
                 .max(Duration::from_millis(50)),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bulk_slots;
+
+    #[test]
+    fn bulk_messages_leave_the_triggered_share_of_the_calls() {
+        assert_eq!(bulk_slots(32, 0.2), 25, "7 of 32 kept (6.4 rounded up)");
+        assert_eq!(bulk_slots(10, 0.0), 10, "no share: every call");
+        assert_eq!(bulk_slots(4, 0.01), 3, "a share keeps at least one");
+        assert_eq!(bulk_slots(2, 0.9), 1, "bulk keeps at least one");
+        assert_eq!(bulk_slots(1, 0.2), 1, "one call: shared, nothing to keep");
+        assert_eq!(bulk_slots(0, 0.2), 1, "0 is read as 1");
     }
 }

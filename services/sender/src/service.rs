@@ -6,8 +6,10 @@
 //! 1. its campaign cancelled: `Feedback(cancelled)`; paused: wait (re-reading the state)
 //!    until resumed, cancelled or expired;
 //! 2. past its expiry: `Feedback(expired)`;
-//! 3. attempts until one ends it: choose a provider ([`crate::routing`]), wait for its
-//!    budget and the sender identity's ([`crate::throttle`]), then claim the message in
+//! 3. attempts until one ends it: choose a provider ([`crate::routing`]), take a call
+//!    slot (a bulk message one of the slots bulk may hold first), wait for its budget and
+//!    the sender identity's, a bulk message for their bulk parts first
+//!    ([`crate::throttle`]), then claim the message in
 //!    the ledger ([`crate::ledger`]) right before the call: already sent → re-emit
 //!    `Feedback(sent)`, already ended → re-emit its feedback, claimed by a live instance →
 //!    retry later (the consumer backs off); then send.
@@ -40,7 +42,7 @@ use crate::ledger::{Claim, Ledger};
 use crate::metrics::SenderMetrics;
 use crate::providers::{Outgoing, Permanent, SendError};
 use crate::routing::{Router, Unavailable};
-use crate::throttle::Throttle;
+use crate::throttle::{Lane, Throttle};
 
 /// A decoded outbound message.
 #[derive(Debug, Clone)]
@@ -62,6 +64,15 @@ impl Rendered {
             Rendered::Email(_) => ChannelName::Email,
             Rendered::Sms(_) => ChannelName::Sms,
         }
+    }
+
+    /// The lane it travels on (from its origin; none is bulk).
+    pub fn lane(&self) -> Lane {
+        Lane::of(
+            self.outgoing()
+                .origin()
+                .map_or(v1::Lane::Unspecified, v1::Origin::lane),
+        )
     }
 
     /// What the provider counts: one message, or the SMS's parts.
@@ -226,7 +237,12 @@ impl Sender {
         };
         self.metrics
             .messages
-            .with_label_values(&[provider, rendered.channel().as_str(), outcome])
+            .with_label_values(&[
+                provider,
+                rendered.channel().as_str(),
+                rendered.lane().label(),
+                outcome,
+            ])
             .inc();
         Ok(())
     }
@@ -432,7 +448,12 @@ impl Sender {
                 ending.attempt = attempt;
                 self.metrics
                     .messages
-                    .with_label_values(&["none", rendered.channel().as_str(), "already_sent"])
+                    .with_label_values(&[
+                        "none",
+                        rendered.channel().as_str(),
+                        rendered.lane().label(),
+                        "already_sent",
+                    ])
                     .inc();
                 ending
             }
@@ -560,14 +581,28 @@ impl Sender {
             // eat into a budget slot), then the budgets, then the claim: a crash while
             // waiting for a slot, a budget or a backoff leaves nothing to take over, and at
             // most `max_in_flight` claims per provider are ever open.
+            // A bulk message first takes one of the slots bulk may hold, so that
+            // `triggered_share` of them stay free for the triggered lane.
+            let bulk_slot = match rendered.lane() {
+                Lane::Bulk => Some(tokio::select! {
+                    slot = entry.bulk_in_flight.acquire() => {
+                        slot.map_err(|_| Retry("closing".into()))?
+                    }
+                    _ = self.shutdown.cancelled() => {
+                        return Err(Retry("shutting down".into()));
+                    }
+                }),
+                Lane::Triggered => None,
+            };
             let slot = tokio::select! {
                 slot = entry.in_flight.acquire() => slot.map_err(|_| Retry("closing".into()))?,
                 _ = self.shutdown.cancelled() => return Err(Retry("shutting down".into())),
             };
+            let slot = (slot, bulk_slot);
             let waited = self.wait_for_budgets(rendered, &entry).await?;
             self.metrics
                 .throttle_wait
-                .with_label_values(&[&name])
+                .with_label_values(&[&name, rendered.lane().label()])
                 .observe(waited.as_secs_f64());
             if self.expired(rendered) {
                 continue;
@@ -696,10 +731,11 @@ impl Sender {
         }
     }
 
-    /// Waits for the provider's budget and the sender identity's at it. A reservation is
-    /// only good on time: a task that wakes more than `(1 - headroom)` of a second after
-    /// its slot (a busy machine) takes a new one, so that late sends never bunch up
-    /// beyond the limit over any second. Returns the time spent waiting.
+    /// Waits for the provider's budget and the sender identity's at it, a bulk message for
+    /// their bulk parts first ([`Throttle::budgets`]). A reservation is only good on time:
+    /// a task that wakes more than `(1 - headroom)` of a second after its slot (a busy
+    /// machine) takes a new one, so that late sends never bunch up beyond the limit over
+    /// any second. Returns the time spent waiting.
     async fn wait_for_budgets(
         &self,
         rendered: &Rendered,
@@ -710,24 +746,25 @@ impl Sender {
             ((1.0 - self.config.throttle.headroom) * 0.75).clamp(0.002, 0.2),
         );
         let cost = rendered.cost();
-        for (scope, limit) in [
-            (entry.name.clone(), entry.rate),
-            (
-                format!("{}:{}", entry.name, rendered.identity()),
-                entry.identity_rate,
-            ),
-        ] {
-            if limit.is_unlimited() {
-                continue;
-            }
+        let budgets = self.throttle.budgets(
+            rendered.lane(),
+            &[
+                (entry.name.clone(), entry.rate),
+                (
+                    format!("{}:{}", entry.name, rendered.identity()),
+                    entry.identity_rate,
+                ),
+            ],
+        );
+        for budget in &budgets {
             loop {
                 let asked = std::time::Instant::now();
                 let reservation = self
                     .throttle
-                    .reserve(&scope, limit, cost)
+                    .reserve_budget(budget, cost)
                     .await
                     .map_err(|e| Retry(format!("budget: {e}")))?;
-                if scope == entry.name {
+                if !budget.bulk_part && budget.scope == entry.name {
                     self.metrics
                         .rate_limit
                         .with_label_values(&[&entry.name])
@@ -786,7 +823,8 @@ impl Sender {
     }
 }
 
-/// The consumer's handler: decodes by topic, then [`Sender::deliver`].
+/// The consumers' handler (both channels, both lanes): decodes by topic, then
+/// [`Sender::deliver`].
 #[derive(Debug, Clone)]
 pub struct OutboundHandler {
     pub sender: Arc<Sender>,
@@ -794,11 +832,14 @@ pub struct OutboundHandler {
 
 impl Handler for OutboundHandler {
     async fn handle(&self, message: &Inbound) -> Result<(), HandleError> {
-        let rendered = if *message.topic == *self.sender.topics.outbound_sms.name {
-            Rendered::Sms(message.decode()?)
-        } else {
-            Rendered::Email(message.decode()?)
-        };
+        let topics = &self.sender.topics;
+        let topic = &*message.topic;
+        let rendered =
+            if topic == topics.outbound_sms.name || topic == topics.outbound_sms_triggered.name {
+                Rendered::Sms(message.decode()?)
+            } else {
+                Rendered::Email(message.decode()?)
+            };
         self.sender.deliver(&rendered, &message.trace()).await
     }
 }

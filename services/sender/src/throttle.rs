@@ -15,17 +15,31 @@
 //! most once a second, however many requests were answered so), pauses it for the
 //! `Retry-After`, and the rate then recovers linearly (`recovery_per_s` of the configured
 //! rate per second).
+//!
+//! **Lanes**: `triggered_share` of every scope's rate is kept for the triggered lane
+//! (sequence steps, test sends). A bulk message takes its units first from the scope's
+//! *bulk part*, a budget of `rate × (1 − triggered_share)` of its own, then from the
+//! scope itself; a triggered message only from the scope. So the whole never exceeds the
+//! rate, a blast alone never exceeds its part, and a triggered message finds at least
+//! `triggered_share` of the rate free however long the blast's backlog (it never queues
+//! behind the blast's reservations, which wait in the bulk part). The bulk part shares the
+//! scope's slow-down state: a 429 halves and pauses both lanes alike. [`Throttle::budgets`]
+//! says which budgets a message takes, in order; the sender waits for each in turn.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use governor::middleware::NoOpMiddleware;
+use governor::nanos::Nanos;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
 use redis::Script;
 use redis::aio::ConnectionManager;
 use serde::Deserialize;
+use tocsin_contracts::v1;
 
 /// A rate in the provider's unit per second, with a burst. `per_second == 0` is no limit.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
@@ -64,6 +78,75 @@ pub struct ThrottleConfig {
     pub recovery_per_s: f64,
     /// The rate never drops below this fraction of the configured rate.
     pub min_factor: f64,
+    /// Fraction of every rate (provider and sender identity) kept for the triggered lane:
+    /// bulk messages never use more than `1 - triggered_share` of it, so a welcome
+    /// message never waits behind a blast. From 0 (no reservation) to below 1.
+    pub triggered_share: Share,
+}
+
+/// A fraction in `[0, 1)`: refused when the configuration is read, with the key named.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(try_from = "f64")]
+pub struct Share(f64);
+
+impl Share {
+    pub fn get(self) -> f64 {
+        self.0
+    }
+}
+
+impl TryFrom<f64> for Share {
+    type Error = String;
+
+    fn try_from(value: f64) -> Result<Self, Self::Error> {
+        if (0.0..1.0).contains(&value) {
+            Ok(Share(value))
+        } else {
+            Err(format!(
+                "must be at least 0 and below 1 (the fraction of each rate kept for the \
+                 triggered lane; 1 would leave nothing for blasts), not {value}"
+            ))
+        }
+    }
+}
+
+/// Which lane a message travels on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Lane {
+    /// Blasts: from the bulk part of each budget.
+    Bulk,
+    /// Sequence steps and test sends: from the whole of each budget.
+    Triggered,
+}
+
+impl Lane {
+    /// A message that names no lane is bulk: only an explicit `LANE_TRIGGERED` is served
+    /// first.
+    pub fn of(lane: v1::Lane) -> Self {
+        match lane {
+            v1::Lane::Triggered => Lane::Triggered,
+            v1::Lane::Bulk | v1::Lane::Unspecified => Lane::Bulk,
+        }
+    }
+
+    /// The metrics label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Lane::Bulk => "bulk",
+            Lane::Triggered => "triggered",
+        }
+    }
+}
+
+/// One budget a message takes its units from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Budget {
+    /// A provider's name, or `<provider>:<sender identity>`.
+    pub scope: String,
+    /// The scope's configured limit (the bulk part is derived from it).
+    pub limit: Limit,
+    /// The bulk lane's part of the scope rather than the whole scope.
+    pub bulk_part: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -95,7 +178,8 @@ pub struct Throttle {
     config: ThrottleConfig,
     redis: ConnectionManager,
     clock: Clock,
-    local: Mutex<HashMap<String, Arc<LocalScope>>>,
+    local_clock: TokioClock,
+    local: Mutex<LocalBudgets>,
 }
 
 impl std::fmt::Debug for Throttle {
@@ -106,10 +190,54 @@ impl std::fmt::Debug for Throttle {
     }
 }
 
-struct LocalScope {
-    limiter: DefaultDirectRateLimiter,
+/// The local limiters read tokio's clock, the one their waits sleep on: a test that pauses
+/// tokio's time drives them exactly.
+#[derive(Debug, Clone)]
+struct TokioClock {
+    origin: tokio::time::Instant,
+}
+
+impl TokioClock {
+    fn now_us(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+}
+
+impl governor::clock::Clock for TokioClock {
+    type Instant = Nanos;
+
+    fn now(&self) -> Nanos {
+        Nanos::from(self.origin.elapsed())
+    }
+}
+
+type LocalLimiter = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<Nanos>>;
+
+/// `lowered_at_us` of a scope never slowed down.
+const NEVER: u64 = u64::MAX;
+
+#[derive(Default)]
+struct LocalBudgets {
+    /// By scope and bulk part.
+    limiters: HashMap<(String, bool), Arc<LocalLimit>>,
+    /// By scope: shared by the scope and its bulk part.
+    states: HashMap<String, Arc<LocalState>>,
+}
+
+struct LocalLimit {
+    limiter: LocalLimiter,
     burst: u32,
-    /// Rate factor in millionths, and the moment (µs since the epoch) it was last lowered.
+    state: Arc<LocalState>,
+    /// Whose turn it is: the limiter only says "not yet", so the waiting messages take
+    /// their turns first come, first served (tokio's mutex is fair), as the shared GCRA's
+    /// reservations do. Without it the tasks that check most often win: a steady
+    /// triggered demand starved the bulk messages queued behind their bulk part.
+    turn: tokio::sync::Mutex<()>,
+}
+
+/// A scope's slow-down, in µs of [`TokioClock`].
+struct LocalState {
+    /// Rate factor in millionths, and the moment it was last lowered.
     factor_ppm: AtomicU64,
     lowered_at_us: AtomicU64,
     paused_until_us: AtomicU64,
@@ -175,13 +303,6 @@ static RESERVE_SCRIPT: std::sync::LazyLock<Script> =
 static SLOW_DOWN_SCRIPT: std::sync::LazyLock<Script> =
     std::sync::LazyLock::new(|| Script::new(SLOW_DOWN));
 
-fn system_now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
-
 /// What a reservation says.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Reservation {
@@ -197,12 +318,45 @@ impl Throttle {
             config,
             redis,
             clock,
-            local: Mutex::new(HashMap::new()),
+            local_clock: TokioClock {
+                origin: tokio::time::Instant::now(),
+            },
+            local: Mutex::new(LocalBudgets::default()),
         }
     }
 
-    fn keys(scope: &str) -> (String, String) {
-        (format!("t:rl:{scope}"), format!("t:rl:{scope}:s"))
+    /// The GCRA key and the slow-down state key of a budget. The bulk part has a GCRA of
+    /// its own (`t:rl-bulk:`, which no scope's key can equal) and the scope's state.
+    fn keys(scope: &str, bulk_part: bool) -> (String, String) {
+        let tat = if bulk_part {
+            format!("t:rl-bulk:{scope}")
+        } else {
+            format!("t:rl:{scope}")
+        };
+        (tat, format!("t:rl:{scope}:s"))
+    }
+
+    /// The budgets a message of `lane` takes from `scopes` (scope and configured limit),
+    /// in the order it must take them: a bulk message first from every scope's bulk part,
+    /// then, as a triggered message, from every scope itself. Unlimited scopes are left
+    /// out; with a `triggered_share` of 0 there are no bulk parts.
+    pub fn budgets(&self, lane: Lane, scopes: &[(String, Limit)]) -> Vec<Budget> {
+        let limited = scopes.iter().filter(|(_, limit)| !limit.is_unlimited());
+        let parts = (lane == Lane::Bulk && self.config.triggered_share.get() > 0.0)
+            .then(|| limited.clone())
+            .into_iter()
+            .flatten()
+            .map(|(scope, limit)| Budget {
+                scope: scope.clone(),
+                limit: *limit,
+                bulk_part: true,
+            });
+        let wholes = limited.map(|(scope, limit)| Budget {
+            scope: scope.clone(),
+            limit: *limit,
+            bulk_part: false,
+        });
+        parts.chain(wholes).collect()
     }
 
     /// Reserves `cost` units of `scope`'s budget. The caller must wait
@@ -213,18 +367,39 @@ impl Throttle {
         limit: Limit,
         cost: u32,
     ) -> Result<Reservation, redis::RedisError> {
+        self.reserve_budget(
+            &Budget {
+                scope: scope.to_owned(),
+                limit,
+                bulk_part: false,
+            },
+            cost,
+        )
+        .await
+    }
+
+    /// Reserves `cost` units of a budget (see [`Throttle::reserve`]).
+    pub async fn reserve_budget(
+        &self,
+        budget: &Budget,
+        cost: u32,
+    ) -> Result<Reservation, redis::RedisError> {
+        let limit = budget.limit;
         if limit.is_unlimited() {
             return Ok(Reservation {
                 wait: Duration::ZERO,
                 rate: f64::INFINITY,
             });
         }
-        let rate = limit.per_second * self.config.headroom.clamp(0.01, 1.0);
+        let mut rate = limit.per_second * self.config.headroom.clamp(0.01, 1.0);
+        if budget.bulk_part {
+            rate *= 1.0 - self.config.triggered_share.get();
+        }
         match self.config.mode {
             Mode::Shared => {
                 let interval_us = 1_000_000.0 / rate;
                 let tolerance_us = interval_us * f64::from(limit.burst.max(1) - 1);
-                let (tat, state) = Self::keys(scope);
+                let (tat, state) = Self::keys(&budget.scope, budget.bulk_part);
                 let mut conn = self.redis.clone();
                 let (wait_us, factor_ppm): (i64, i64) = RESERVE_SCRIPT
                     .key(tat)
@@ -241,57 +416,73 @@ impl Throttle {
                     rate: rate * factor_ppm as f64 / 1e6,
                 })
             }
-            Mode::Local => Ok(self.reserve_local(scope, limit, rate, cost).await),
+            Mode::Local => Ok(self.reserve_local(budget, rate, cost).await),
         }
     }
 
-    fn local_scope(&self, scope: &str, limit: Limit, rate: f64) -> Arc<LocalScope> {
-        let mut scopes = self
+    fn local_limit(&self, budget: &Budget, rate: f64) -> Arc<LocalLimit> {
+        let mut local = self
             .local
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        scopes
-            .entry(scope.to_owned())
+        let key = (budget.scope.clone(), budget.bulk_part);
+        if let Some(limit) = local.limiters.get(&key) {
+            return limit.clone();
+        }
+        let state = local
+            .states
+            .entry(budget.scope.clone())
             .or_insert_with(|| {
-                let burst = limit.burst.max(1);
-                let period = Duration::from_secs_f64(1.0 / rate);
-                let quota = Quota::with_period(period)
-                    .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
-                    .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN));
-                Arc::new(LocalScope {
-                    limiter: RateLimiter::direct(quota),
-                    burst,
+                Arc::new(LocalState {
                     factor_ppm: AtomicU64::new(1_000_000),
-                    lowered_at_us: AtomicU64::new(0),
+                    lowered_at_us: AtomicU64::new(NEVER),
                     paused_until_us: AtomicU64::new(0),
                 })
             })
-            .clone()
+            .clone();
+        let burst = budget.limit.burst.max(1);
+        let period = Duration::from_secs_f64(1.0 / rate);
+        let quota = Quota::with_period(period)
+            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+            .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN));
+        let limit = Arc::new(LocalLimit {
+            limiter: RateLimiter::direct_with_clock(quota, self.local_clock.clone()),
+            burst,
+            state,
+            turn: tokio::sync::Mutex::new(()),
+        });
+        local.limiters.insert(key, limit.clone());
+        limit
     }
 
-    fn local_factor(&self, s: &LocalScope, now: u64) -> f64 {
+    fn local_factor(&self, s: &LocalState, now: u64) -> f64 {
         let f = s.factor_ppm.load(Ordering::SeqCst) as f64 / 1e6;
         let since = now.saturating_sub(s.lowered_at_us.load(Ordering::SeqCst)) as f64 / 1e6;
         (f + since * self.config.recovery_per_s).min(1.0)
     }
 
-    async fn reserve_local(&self, scope: &str, limit: Limit, rate: f64, cost: u32) -> Reservation {
-        let s = self.local_scope(scope, limit, rate);
-        let now = system_now_us();
-        let paused = s.paused_until_us.load(Ordering::SeqCst);
+    async fn reserve_local(&self, budget: &Budget, rate: f64, cost: u32) -> Reservation {
+        let l = self.local_limit(budget, rate);
+        let _turn = l.turn.lock().await;
+        let now = self.local_clock.now_us();
+        let paused = l.state.paused_until_us.load(Ordering::SeqCst);
         if paused > now {
             tokio::time::sleep(Duration::from_micros(paused - now)).await;
         }
         // A lowered rate makes each unit cost more cells of the fixed quota; a cost above
         // the burst is taken in burst-sized chunks (the limiter refuses more at once).
-        let factor = self.local_factor(&s, now);
+        let factor = self.local_factor(&l.state, self.local_clock.now_us());
         let mut cells = (f64::from(cost.max(1)) / factor).ceil() as u32;
         while cells > 0 {
-            let chunk = cells.min(s.burst);
+            let chunk = cells.min(l.burst);
             cells -= chunk;
             let chunk = NonZeroU32::new(chunk).unwrap_or(NonZeroU32::MIN);
-            // `chunk <= burst`: always granted eventually. The wait happens here.
-            let _ = s.limiter.until_n_ready(chunk).await;
+            // `chunk <= burst`: always granted eventually. The wait happens here, on
+            // tokio's clock.
+            while let Ok(Err(not_until)) = l.limiter.check_n(chunk) {
+                let wait = not_until.wait_time_from(governor::clock::Clock::now(&self.local_clock));
+                tokio::time::sleep(wait.max(Duration::from_micros(1))).await;
+            }
         }
         Reservation {
             wait: Duration::ZERO,
@@ -306,16 +497,34 @@ impl Throttle {
         limit: Limit,
         cost: u32,
     ) -> Result<(Duration, f64), redis::RedisError> {
-        let started = std::time::Instant::now();
-        let reservation = self.reserve(scope, limit, cost).await?;
+        self.acquire_budget(
+            &Budget {
+                scope: scope.to_owned(),
+                limit,
+                bulk_part: false,
+            },
+            cost,
+        )
+        .await
+    }
+
+    /// Waits for a reservation of `cost` units of a budget (see [`Throttle::acquire`]).
+    pub async fn acquire_budget(
+        &self,
+        budget: &Budget,
+        cost: u32,
+    ) -> Result<(Duration, f64), redis::RedisError> {
+        let started = tokio::time::Instant::now();
+        let reservation = self.reserve_budget(budget, cost).await?;
         if !reservation.wait.is_zero() {
             tokio::time::sleep(reservation.wait).await;
         }
         Ok((started.elapsed(), reservation.rate))
     }
 
-    /// The provider said "slow down": lower `scope`'s rate and pause it for `retry_after`.
-    /// Returns the new rate factor (1 = the configured rate).
+    /// The provider said "slow down": lower `scope`'s rate and pause it for `retry_after`,
+    /// for both lanes (the bulk part shares the scope's state). Returns the new rate
+    /// factor (1 = the configured rate).
     pub async fn slow_down(
         &self,
         scope: &str,
@@ -324,7 +533,7 @@ impl Throttle {
         let retry_us = retry_after.map_or(0, |d| d.as_micros() as u64);
         match self.config.mode {
             Mode::Shared => {
-                let (_, state) = Self::keys(scope);
+                let (_, state) = Self::keys(scope, false);
                 let mut conn = self.redis.clone();
                 let ppm: i64 = SLOW_DOWN_SCRIPT
                     .key(state)
@@ -337,18 +546,18 @@ impl Throttle {
                 Ok(ppm as f64 / 1e6)
             }
             Mode::Local => {
-                let scopes = self
+                let local = self
                     .local
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
-                let Some(s) = scopes.get(scope).cloned() else {
+                let Some(s) = local.states.get(scope).cloned() else {
                     return Ok(1.0);
                 };
-                drop(scopes);
-                let now = system_now_us();
+                drop(local);
+                let now = self.local_clock.now_us();
                 let factor = self.local_factor(&s, now);
                 let lowered = s.lowered_at_us.load(Ordering::SeqCst);
-                let factor = if now.saturating_sub(lowered) >= 1_000_000 {
+                let factor = if lowered == NEVER || now.saturating_sub(lowered) >= 1_000_000 {
                     let f = (factor / 2.0).max(self.config.min_factor);
                     s.factor_ppm.store((f * 1e6) as u64, Ordering::SeqCst);
                     s.lowered_at_us.store(now, Ordering::SeqCst);
@@ -363,5 +572,47 @@ impl Throttle {
                 Ok(factor)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_share_is_a_fraction_below_one() {
+        assert_eq!(Share::try_from(0.0).map(Share::get), Ok(0.0));
+        assert_eq!(Share::try_from(0.25).map(Share::get), Ok(0.25));
+        for bad in [1.0, 1.5, -0.1, f64::NAN] {
+            let error = Share::try_from(bad).expect_err("refused");
+            assert!(error.contains("below 1"), "{error}");
+        }
+    }
+
+    #[test]
+    fn a_bad_share_stops_the_sender_at_load_naming_the_key() {
+        let load = |value: &str| {
+            tocsin_runtime::ConfigLoader::defaults_only(Some(crate::config::DEFAULTS))
+                .env([(
+                    "TOCSIN__SENDER__THROTTLE__TRIGGERED_SHARE".to_owned(),
+                    value.to_owned(),
+                )])
+                .load::<crate::Config>()
+        };
+        let config = load("0.3").expect("a good share loads");
+        assert_eq!(config.sender.throttle.triggered_share.get(), 0.3);
+        let error = load("1.2").expect_err("refused").to_string();
+        assert!(
+            error.contains("triggered_share") && error.contains("not 1.2"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn lanes_come_from_the_contract() {
+        assert_eq!(Lane::of(v1::Lane::Triggered), Lane::Triggered);
+        assert_eq!(Lane::of(v1::Lane::Bulk), Lane::Bulk);
+        assert_eq!(Lane::of(v1::Lane::Unspecified), Lane::Bulk);
+        assert_eq!(Lane::Triggered.label(), "triggered");
     }
 }

@@ -1,14 +1,16 @@
 //! Provider budgets against the real Redis, with a controlled clock: the grants that three
 //! sender instances get from one shared budget never exceed the limit over any second,
 //! the achieved rate is the configured one, a slow-down halves it and pauses it for the
-//! `Retry-After`, and it recovers.
+//! `Retry-After`, and it recovers. The triggered lane's share: under a saturating blast,
+//! triggered messages get at least their share and wait no more than a slot, the blast
+//! never more than the rest, the whole never more than the rate, in both modes.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tocsin_integration_tests::stack;
-use tocsin_sender::throttle::{Clock, Limit, Mode, Throttle, ThrottleConfig};
+use tocsin_sender::throttle::{Budget, Clock, Lane, Limit, Mode, Share, Throttle, ThrottleConfig};
 
 const REDIS_DB: u8 = 13;
 
@@ -24,11 +26,16 @@ async fn redis() -> redis::aio::ConnectionManager {
 }
 
 fn config(mode: Mode) -> ThrottleConfig {
+    with_share(mode, 0.0)
+}
+
+fn with_share(mode: Mode, share: f64) -> ThrottleConfig {
     ThrottleConfig {
         mode,
         headroom: 1.0,
         recovery_per_s: 0.05,
         min_factor: 0.05,
+        triggered_share: Share::try_from(share).expect("a share"),
     }
 }
 
@@ -208,4 +215,376 @@ async fn a_burst_never_shortens_a_retry_after() {
         .expect("slow down");
     let r = throttle.reserve(&scope, limit, 1).await.expect("reserve");
     assert_eq!(r.wait, Duration::from_secs(3), "nothing before Retry-After");
+}
+
+/// Grants (µs, lane) of a simulated run, and the waits of the triggered lane's messages.
+#[derive(Debug, Default)]
+struct Run {
+    grants: Vec<(u64, Lane)>,
+    triggered_waits_us: Vec<u64>,
+}
+
+impl Run {
+    fn of(&self, lane: Option<Lane>) -> Vec<(u64, u32)> {
+        self.grants
+            .iter()
+            .filter(|(_, l)| lane.is_none_or(|lane| *l == lane))
+            .map(|(at, _)| (*at, 1))
+            .collect()
+    }
+
+    /// Grants of `lane` in each whole second `[t0 + k s, t0 + (k + 1) s)` of the run.
+    fn per_second(&self, lane: Lane, t0: u64, seconds: u64) -> Vec<usize> {
+        (0..seconds)
+            .map(|k| {
+                let (from, to) = (t0 + k * 1_000_000, t0 + (k + 1) * 1_000_000);
+                self.grants
+                    .iter()
+                    .filter(|(at, l)| *l == lane && (from..to).contains(at))
+                    .count()
+            })
+            .collect()
+    }
+}
+
+/// One sender task: it asks for the budgets of its lane in order, waits for each, sends
+/// when the last is granted, and asks again for its next message right away (a saturating
+/// demand); a triggered task with `every_us` asks only that often (a light demand).
+#[derive(Debug)]
+struct Task {
+    lane: Lane,
+    every_us: Option<u64>,
+    step: usize,
+    wake: u64,
+    asked: u64,
+}
+
+/// Drives tasks against the shared budgets on the manual clock, in the order of their
+/// wake-up times, for `seconds`.
+async fn simulate_shared(
+    throttle: &Throttle,
+    clock: &AtomicU64,
+    scope: &str,
+    limit: Limit,
+    mut tasks: Vec<Task>,
+    seconds: u64,
+) -> Run {
+    let t0 = clock.load(Ordering::SeqCst);
+    let end = t0 + seconds * 1_000_000;
+    let mut run = Run::default();
+    loop {
+        let (i, wake) = tasks
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (i, t.wake))
+            .min_by_key(|&(i, wake)| (wake, i))
+            .expect("tasks");
+        if wake >= end {
+            return run;
+        }
+        clock.store(wake, Ordering::SeqCst);
+        let task = &mut tasks[i];
+        let budgets: Vec<Budget> = throttle.budgets(task.lane, &[(scope.to_owned(), limit)]);
+        let r = throttle
+            .reserve_budget(&budgets[task.step], 1)
+            .await
+            .expect("reserve");
+        let at = wake + r.wait.as_micros() as u64;
+        if task.step + 1 < budgets.len() {
+            task.step += 1;
+            task.wake = at;
+            continue;
+        }
+        run.grants.push((at, task.lane));
+        if task.lane == Lane::Triggered {
+            run.triggered_waits_us.push(at - task.asked);
+        }
+        task.step = 0;
+        task.wake = match task.every_us {
+            Some(every) => task.asked + every,
+            None => at,
+        }
+        .max(at);
+        task.asked = task.wake;
+    }
+}
+
+fn tasks(t0: u64, bulk: usize, triggered: usize, every_us: Option<u64>) -> Vec<Task> {
+    let task = |lane, every_us, offset: u64| Task {
+        lane,
+        every_us,
+        step: 0,
+        wake: t0 + offset,
+        asked: t0 + offset,
+    };
+    (0..bulk)
+        .map(|_| task(Lane::Bulk, None, 0))
+        // The light triggered tasks start out of step with the bulk slots.
+        .chain((0..triggered).map(|i| task(Lane::Triggered, every_us, 3_700 + i as u64 * 1_000)))
+        .collect()
+}
+
+const RATE: Limit = Limit {
+    per_second: 100.0,
+    burst: 1,
+};
+
+#[tokio::test]
+async fn shared_a_blast_leaves_the_triggered_share_free() {
+    let conn = redis().await;
+    let t0 = 1_800_000_000_000_000u64;
+    let clock = Arc::new(AtomicU64::new(t0));
+    let throttle = Throttle::new(
+        with_share(Mode::Shared, 0.2),
+        conn,
+        Clock::Manual(clock.clone()),
+    );
+    let scope = stack::unique("lanes");
+    // 32 bulk tasks (a blast's backlog, as many as a provider's calls in flight) and 2
+    // triggered ones, all asking as fast as they are served, for 10 s. (Served in turn
+    // from one budget, the two would get 2/34 of it.)
+    let run = simulate_shared(&throttle, &clock, &scope, RATE, tasks(t0, 32, 2, None), 10).await;
+    let all = max_in_window(&run.of(None), 1_000_000);
+    let bulk = max_in_window(&run.of(Some(Lane::Bulk)), 1_000_000);
+    assert!(all <= 100, "never above the rate over any second: {all}");
+    assert!(
+        bulk <= 80,
+        "a blast alone never above rate × (1 − share): {bulk}"
+    );
+    // Every whole second after the first, the triggered lane got at least its share.
+    let triggered = run.per_second(Lane::Triggered, t0, 10);
+    println!(
+        "shared, per second: bulk {:?}, triggered {triggered:?}",
+        run.per_second(Lane::Bulk, t0, 10)
+    );
+    assert!(
+        triggered[1..].iter().all(|&n| n >= 20),
+        "triggered per second: {triggered:?}"
+    );
+    let total: Vec<usize> = run
+        .per_second(Lane::Bulk, t0, 10)
+        .iter()
+        .zip(&triggered)
+        .map(|(b, t)| b + t)
+        .collect();
+    assert!(
+        total[1..].iter().all(|&n| n >= 99),
+        "the whole rate is used: {total:?}"
+    );
+    // Nor does a saturating triggered lane starve the blast: it keeps most of its part.
+    let bulk = run.per_second(Lane::Bulk, t0, 10);
+    assert!(
+        bulk[1..].iter().all(|&n| n >= 60),
+        "bulk per second: {bulk:?}"
+    );
+}
+
+#[tokio::test]
+async fn shared_a_triggered_message_does_not_queue_behind_a_blast() {
+    let conn = redis().await;
+    let t0 = 1_800_000_000_000_000u64;
+    // Under a blast of 32 tasks, one triggered message every 250 ms.
+    let mut waits = Vec::new();
+    for share in [0.2, 0.0] {
+        let clock = Arc::new(AtomicU64::new(t0));
+        let throttle = Throttle::new(
+            with_share(Mode::Shared, share),
+            conn.clone(),
+            Clock::Manual(clock.clone()),
+        );
+        let scope = stack::unique("lanes-light");
+        let run = simulate_shared(
+            &throttle,
+            &clock,
+            &scope,
+            RATE,
+            tasks(t0, 32, 1, Some(250_000)),
+            10,
+        )
+        .await;
+        assert!(max_in_window(&run.of(None), 1_000_000) <= 100);
+        if share > 0.0 {
+            assert_eq!(
+                run.triggered_waits_us.len(),
+                40,
+                "every 250 ms, each served"
+            );
+            let bulk = max_in_window(&run.of(Some(Lane::Bulk)), 1_000_000);
+            assert!(bulk <= 80, "the blast's busiest second: {bulk}");
+        }
+        waits.push(run.triggered_waits_us.iter().copied().max().unwrap_or(0));
+    }
+    // With the share, at most one slot of the provider (10 ms); without it, behind the
+    // blast's whole backlog of reservations (so it is also served less often).
+    println!(
+        "longest triggered wait: {} µs with a share, {} µs without",
+        waits[0], waits[1]
+    );
+    assert!(waits[0] <= 10_000, "with a share: {} µs", waits[0]);
+    assert!(waits[1] >= 300_000, "without a share: {} µs", waits[1]);
+}
+
+#[tokio::test]
+async fn shared_a_slow_down_applies_to_both_lanes() {
+    let conn = redis().await;
+    let t0 = 1_800_000_000_000_000u64;
+    let clock = Arc::new(AtomicU64::new(t0));
+    let throttle = Throttle::new(
+        with_share(Mode::Shared, 0.2),
+        conn,
+        Clock::Manual(clock.clone()),
+    );
+    let scope = stack::unique("lanes-429");
+    throttle
+        .slow_down(&scope, Some(Duration::from_secs(2)))
+        .await
+        .expect("slow down");
+    let bulk = throttle.budgets(Lane::Bulk, &[(scope.clone(), RATE)]);
+    let triggered = throttle.budgets(Lane::Triggered, &[(scope.clone(), RATE)]);
+    assert_eq!(bulk.len(), 2, "the bulk part, then the scope");
+    assert!(bulk[0].bulk_part && !bulk[1].bulk_part);
+    assert_eq!(triggered.len(), 1);
+    // Both the bulk part and the scope are paused for the Retry-After, at half their rate.
+    let a = throttle.reserve_budget(&bulk[0], 1).await.expect("reserve");
+    let b = throttle.reserve_budget(&bulk[0], 1).await.expect("reserve");
+    assert_eq!(a.wait, Duration::from_secs(2));
+    assert_eq!(
+        b.wait - a.wait,
+        Duration::from_micros(25_000),
+        "40/s: half of 80/s"
+    );
+    let c = throttle
+        .reserve_budget(&triggered[0], 1)
+        .await
+        .expect("reserve");
+    assert_eq!(c.wait, Duration::from_secs(2));
+    assert_eq!(c.rate, 50.0);
+
+    // With a sender identity too: both bulk parts first, then both scopes; no budget for
+    // an unlimited scope.
+    let scopes = [
+        ("p".to_owned(), RATE),
+        ("p:from@x".to_owned(), RATE),
+        ("q".to_owned(), Limit::UNLIMITED),
+    ];
+    let order: Vec<(String, bool)> = throttle
+        .budgets(Lane::Bulk, &scopes)
+        .into_iter()
+        .map(|b| (b.scope, b.bulk_part))
+        .collect();
+    assert_eq!(
+        order,
+        [
+            ("p".to_owned(), true),
+            ("p:from@x".to_owned(), true),
+            ("p".to_owned(), false),
+            ("p:from@x".to_owned(), false),
+        ]
+    );
+    assert_eq!(throttle.budgets(Lane::Triggered, &scopes).len(), 2);
+}
+
+/// The local mode on tokio's paused clock: tasks sleep on it and the limiters read it.
+async fn simulate_local(throttle: Arc<Throttle>, tasks: Vec<(Lane, Option<Duration>)>) -> Run {
+    let start = tokio::time::Instant::now();
+    let end = start + Duration::from_secs(10);
+    let us = move |t: tokio::time::Instant| (t - start).as_micros() as u64;
+    let handles: Vec<_> = tasks
+        .into_iter()
+        .map(|(lane, every)| {
+            let throttle = throttle.clone();
+            tokio::spawn(async move {
+                let budgets = throttle.budgets(lane, &[("local".to_owned(), RATE)]);
+                let mut grants = Vec::new();
+                let mut waits = Vec::new();
+                loop {
+                    let asked = tokio::time::Instant::now();
+                    for budget in &budgets {
+                        throttle.acquire_budget(budget, 1).await.expect("acquire");
+                    }
+                    let at = tokio::time::Instant::now();
+                    if at >= end {
+                        return (grants, waits);
+                    }
+                    grants.push((us(at), lane));
+                    waits.push(us(at) - us(asked));
+                    if let Some(every) = every {
+                        tokio::time::sleep_until((asked + every).max(at)).await;
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut run = Run::default();
+    for handle in handles {
+        let (grants, waits) = handle.await.expect("task");
+        if grants.first().is_some_and(|(_, l)| *l == Lane::Triggered) {
+            run.triggered_waits_us.extend(waits);
+        }
+        run.grants.extend(grants);
+    }
+    run
+}
+
+#[tokio::test]
+async fn local_a_blast_leaves_the_triggered_share_free() {
+    let conn = redis().await;
+    // From here on tokio's time moves only when every task waits (connected first).
+    tokio::time::pause();
+    let throttle = Arc::new(Throttle::new(
+        with_share(Mode::Local, 0.2),
+        conn,
+        Clock::Redis,
+    ));
+    let tasks = std::iter::repeat_n((Lane::Bulk, None), 32)
+        .chain(std::iter::repeat_n((Lane::Triggered, None), 2))
+        .collect();
+    let run = simulate_local(throttle, tasks).await;
+    let all = max_in_window(&run.of(None), 1_000_000);
+    let bulk = max_in_window(&run.of(Some(Lane::Bulk)), 1_000_000);
+    assert!(all <= 100, "never above the rate over any second: {all}");
+    assert!(
+        bulk <= 80,
+        "a blast alone never above rate × (1 − share): {bulk}"
+    );
+    let triggered = run.per_second(Lane::Triggered, 0, 10);
+    let bulk = run.per_second(Lane::Bulk, 0, 10);
+    println!("local, per second: bulk {bulk:?}, triggered {triggered:?}");
+    // governor's GCRA counts a late check as the start of the next interval, and tokio's
+    // timer wakes up to a millisecond late: the local mode sends a little below the rate
+    // (a known cost of the mode). Every second after the first, the lanes share what is
+    // sent: the blast no more than its part, the triggered lane at least its share.
+    for (second, (&b, &t)) in bulk.iter().zip(&triggered).enumerate().skip(1) {
+        assert!(b + t >= 85, "second {second}: {b} + {t} sent");
+        // Nor does a saturating triggered lane starve the blast (tasks take their turns).
+        assert!(b >= 60, "second {second}: the blast got {b}");
+        assert!(
+            t * 5 >= b + t,
+            "second {second}: triggered {t} of {}",
+            b + t
+        );
+    }
+}
+
+#[tokio::test]
+async fn local_a_triggered_message_does_not_queue_behind_a_blast() {
+    let conn = redis().await;
+    // From here on tokio's time moves only when every task waits (connected first).
+    tokio::time::pause();
+    let throttle = Arc::new(Throttle::new(
+        with_share(Mode::Local, 0.2),
+        conn,
+        Clock::Redis,
+    ));
+    let tasks = std::iter::repeat_n((Lane::Bulk, None), 32)
+        .chain([(Lane::Triggered, Some(Duration::from_millis(250)))])
+        .collect();
+    let run = simulate_local(throttle, tasks).await;
+    assert!(max_in_window(&run.of(None), 1_000_000) <= 100);
+    assert!(max_in_window(&run.of(Some(Lane::Bulk)), 1_000_000) <= 80);
+    assert_eq!(run.triggered_waits_us.len(), 40);
+    let longest = run.triggered_waits_us.iter().copied().max().unwrap_or(0);
+    println!("local: longest triggered wait {longest} µs");
+    // One cell of the provider (10 ms), and tokio's timer rounds to the millisecond.
+    assert!(longest <= 11_000, "a triggered message waited {longest} µs");
 }

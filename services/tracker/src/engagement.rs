@@ -163,6 +163,8 @@ pub async fn sent_times(state: &AppState, keys: &[&str]) -> Vec<Option<i64>> {
     }
 }
 
+/// The message's idempotency key, rebuilt from its token: the campaign claim (a step
+/// group for a sequence step), the contact, the channel.
 fn message_key(claims: &Claims) -> String {
     tocsin_planner::engine::idempotency_key(
         &claims.campaign_id,
@@ -217,7 +219,7 @@ async fn engagement_event(
     };
     let mut event = feedback::event(kind, event_id);
     event.idempotency_key = key;
-    event.campaign_id = claims.campaign_id.clone();
+    feedback::attribute(&mut event, &claims.campaign_id);
     event.contact_id = claims.contact_id.clone();
     event.channel = feedback::channel_of(&claims.channel).into();
     event.url = claims.url.clone();

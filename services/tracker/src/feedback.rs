@@ -17,6 +17,10 @@
 //! `key` is the message's idempotency key, `{campaign}:{contact}:{channel}`; "first seen"
 //! is when the tracker first saw this client fetch this link (see [`crate::engagement`]).
 //!
+//! A sequence step's message has no campaign: its key and its tokens carry the step group
+//! (`seq~<sequence>~e<n>~<step>`) in the campaign's place. Its events leave `campaign_id`
+//! empty and name the step in `sequence_id`, `enrolment_id` and `step` ([`attribute`]).
+//!
 //! Events are keyed by contact id. An inbound STOP concerns a person the tracker cannot
 //! name: it carries the number in `Feedback.address` and is keyed by that number, so a
 //! person's STOP and later START stay in order on one partition.
@@ -26,6 +30,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use tocsin_bus::{Producer, TraceContext};
 use tocsin_contracts::{Timestamp, v1};
+use tocsin_planner::sequence::StepRef;
 
 /// `meta.source` of every event the tracker publishes.
 pub const SOURCE: &str = "tracker";
@@ -107,7 +112,10 @@ pub fn event(kind: v1::FeedbackKind, event_id: String) -> v1::Feedback {
 /// What an idempotency key names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessageKey {
+    /// Empty for a sequence step's message.
     pub campaign_id: String,
+    /// The sequence step whose group stands in the campaign's place.
+    pub step: Option<StepRef>,
     pub contact_id: String,
     pub channel: v1::Channel,
 }
@@ -118,17 +126,43 @@ pub struct MessageKey {
 /// to the first, so a contact id with colons (`test:…`) is kept whole, while a campaign
 /// id with a colon would be cut: the event still carries the whole key in
 /// `idempotency_key`, which is what consumers should match on.
+///
+/// A sequence step's key, `seq~<sequence>~e<n>~<step>:{contact}:{channel}`, names the step
+/// and no campaign.
 pub fn split_key(key: &str) -> Option<MessageKey> {
     let (rest, channel) = key.rsplit_once(':')?;
-    let (campaign_id, contact_id) = rest.split_once(':')?;
-    if campaign_id.is_empty() || contact_id.is_empty() {
+    let (group, contact_id) = rest.split_once(':')?;
+    if group.is_empty() || contact_id.is_empty() {
         return None;
     }
+    let step = StepRef::parse_group(group);
     Some(MessageKey {
-        campaign_id: campaign_id.to_owned(),
+        campaign_id: if step.is_some() {
+            String::new()
+        } else {
+            group.to_owned()
+        },
+        step,
         contact_id: contact_id.to_owned(),
         channel: channel_of(channel),
     })
+}
+
+/// Names whose message an event is about from what stands in a campaign's place (a key's
+/// first part, a token's campaign claim): a campaign id, or a sequence step's group, which
+/// leaves `campaign_id` empty and sets `sequence_id`, `enrolment_id` and `step`.
+pub fn attribute(feedback: &mut v1::Feedback, group: &str) {
+    match StepRef::parse_group(group) {
+        Some(step) => name_step(feedback, &step),
+        None => group.clone_into(&mut feedback.campaign_id),
+    }
+}
+
+fn name_step(feedback: &mut v1::Feedback, step: &StepRef) {
+    feedback.campaign_id.clear();
+    feedback.sequence_id.clone_from(&step.sequence_id);
+    feedback.enrolment_id = step.enrolment_id();
+    feedback.step = step.step;
 }
 
 /// `email` / `sms` as the tokens and keys spell them.
@@ -144,7 +178,10 @@ pub fn channel_of(name: &str) -> v1::Channel {
 pub fn about_message(feedback: &mut v1::Feedback, key: &str) {
     feedback.idempotency_key = key.to_owned();
     if let Some(parts) = split_key(key) {
-        feedback.campaign_id = parts.campaign_id;
+        match &parts.step {
+            Some(step) => name_step(feedback, step),
+            None => feedback.campaign_id = parts.campaign_id,
+        }
         feedback.contact_id = parts.contact_id;
         feedback.channel = parts.channel.into();
     }
@@ -205,6 +242,7 @@ mod tests {
             split_key(&key),
             Some(MessageKey {
                 campaign_id: "cmp-a".into(),
+                step: None,
                 contact_id: "c-42".into(),
                 channel: v1::Channel::Sms,
             })
@@ -216,6 +254,58 @@ mod tests {
         assert_eq!(split_key("nothing"), None);
         assert_eq!(split_key("a:email"), None);
         assert_eq!(split_key(":c:email"), None);
+    }
+
+    #[test]
+    fn step_group_keys_name_the_step_and_no_campaign() {
+        let step = StepRef {
+            sequence_id: "welcome".into(),
+            enrolment: 2,
+            step: 3,
+        };
+        let key = step.idempotency_key("test:c-7", v1::Channel::Email);
+        assert_eq!(
+            split_key(&key),
+            Some(MessageKey {
+                campaign_id: String::new(),
+                step: Some(step.clone()),
+                contact_id: "test:c-7".into(),
+                channel: v1::Channel::Email,
+            })
+        );
+        let mut delivered = event(v1::FeedbackKind::Delivered, "id".into());
+        about_message(&mut delivered, &key);
+        assert_eq!(
+            (
+                delivered.campaign_id.as_str(),
+                delivered.sequence_id.as_str(),
+                delivered.enrolment_id.as_str(),
+                delivered.step,
+                delivered.contact_id.as_str(),
+                delivered.idempotency_key.as_str(),
+            ),
+            ("", "welcome", "e2", 3, "test:c-7", key.as_str())
+        );
+        // A malformed group is not a step: it stays where a campaign id would be.
+        let mut other = event(v1::FeedbackKind::Delivered, "id".into());
+        about_message(&mut other, "seq~welcome~e0~1:c-1:sms");
+        assert_eq!(
+            (
+                other.campaign_id.as_str(),
+                other.sequence_id.as_str(),
+                other.step
+            ),
+            ("seq~welcome~e0~1", "", 0)
+        );
+        // A token's campaign claim, read the same way.
+        let mut clicked = event(v1::FeedbackKind::Clicked, "id".into());
+        attribute(&mut clicked, &step.group());
+        assert_eq!(
+            (clicked.campaign_id.as_str(), clicked.enrolment_id.as_str()),
+            ("", "e2")
+        );
+        attribute(&mut clicked, "cmp-a");
+        assert_eq!(clicked.campaign_id, "cmp-a");
     }
 
     #[test]

@@ -26,7 +26,8 @@
 //! - [`unsubscribe`]: the one-click POST in both content types, the confirmation page.
 //! - [`webhooks`]: one module per provider, each verifying before reading; verdicts and
 //!   status codes shared in `webhooks/mod.rs`.
-//! - [`feedback`]: building, keying and publishing events; event ids.
+//! - [`feedback`]: building, keying and publishing events; event ids; a sequence step's
+//!   group read back from keys and tokens (the step named, no campaign).
 //! - [`metrics`]: Prometheus counters (`tocsin_tracker_*_total`).
 
 pub mod config;

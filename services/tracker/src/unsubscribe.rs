@@ -263,7 +263,7 @@ pub fn unsubscribed(claims: &Claims) -> v1::Feedback {
         format!("tracker:unsubscribed:{key}"),
     );
     event.idempotency_key = key;
-    event.campaign_id = claims.campaign_id.clone();
+    feedback::attribute(&mut event, &claims.campaign_id);
     event.contact_id = claims.contact_id.clone();
     event.channel = channel.into();
     event.reason = v1::Reason::Unsubscribed.into();
@@ -339,6 +339,39 @@ mod tests {
         assert_eq!(language(&with("en;q=0.2,fr;q=0.8")), Language::French);
         assert_eq!(language(&with("de,es")), Language::French);
         assert_eq!(language(&with("en;q=0,fr;q=0.1")), Language::French);
+    }
+
+    #[test]
+    fn a_sequence_steps_unsubscribe_names_the_step() {
+        let step = tocsin_planner::sequence::StepRef {
+            sequence_id: "welcome".into(),
+            enrolment: 1,
+            step: 2,
+        };
+        let claims = Claims {
+            purpose: tocsin_renderer::tokens::Purpose::Unsubscribe,
+            campaign_id: step.group(),
+            contact_id: "c-9".into(),
+            channel: "email".into(),
+            url: String::new(),
+        };
+        let event = unsubscribed(&claims);
+        let key = step.idempotency_key("c-9", v1::Channel::Email);
+        assert_eq!(event.idempotency_key, key);
+        assert_eq!(
+            event.meta.as_ref().map(|m| m.event_id.as_str()),
+            Some(format!("tracker:unsubscribed:{key}").as_str())
+        );
+        assert_eq!(
+            (
+                event.campaign_id.as_str(),
+                event.sequence_id.as_str(),
+                event.enrolment_id.as_str(),
+                event.step,
+                event.contact_id.as_str(),
+            ),
+            ("", "welcome", "e1", 2, "c-9")
+        );
     }
 
     async fn body(content_type: &str, body: &'static str) -> Result<(), BodyError> {

@@ -262,6 +262,87 @@ async fn pixel_click_and_one_click_unsubscribe() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sequence_steps_links_name_the_step() {
+    let tracker = Tracker::start("tracker-steps", &[]).await;
+    let (signer, mut profile) = renderer();
+    profile.tracker_base_url = tracker.base.clone();
+    let http = &tracker.client;
+    // The step group stands where a blast's links carry the campaign id.
+    let step = tocsin_planner::sequence::StepRef {
+        sequence_id: stack::unique("bienvenue"),
+        enrolment: 2,
+        step: 3,
+    };
+    let group = step.group();
+    let contact = "c-1";
+    let open = tracking::open_url(&tracker.base, &signer, who(&group, contact)).expect("url");
+    let r = http
+        .get(&open)
+        .header(USER_AGENT, FIREFOX)
+        .send()
+        .await
+        .expect("pixel");
+    assert_eq!(r.status(), StatusCode::OK);
+    let destination = "https://exemple.fr/bienvenue";
+    let click = tracking::click_url(&tracker.base, &signer, who(&group, contact), destination)
+        .expect("url");
+    let r = http
+        .get(&click)
+        .header(USER_AGENT, FIREFOX)
+        .send()
+        .await
+        .expect("click");
+    assert_eq!(r.status(), StatusCode::FOUND);
+    let unsubscribe = compliance::unsubscribe_url(&profile, &signer, &group, contact).expect("url");
+    let r = http
+        .post(&unsubscribe)
+        .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body("List-Unsubscribe=One-Click")
+        .send()
+        .await
+        .expect("one-click");
+    assert_eq!(r.status(), StatusCode::OK);
+
+    let records = feedback_exactly(&tracker, 3).await;
+    let message_key = step.idempotency_key(contact, v1::Channel::Email);
+    let mut kinds: Vec<v1::FeedbackKind> = records.iter().map(|r| r.event.kind()).collect();
+    kinds.sort_by_key(|k| *k as i32);
+    assert_eq!(
+        kinds,
+        [
+            v1::FeedbackKind::Opened,
+            v1::FeedbackKind::Clicked,
+            v1::FeedbackKind::Unsubscribed
+        ]
+    );
+    for r in &records {
+        let e = &r.event;
+        assert_eq!(
+            (
+                e.campaign_id.as_str(),
+                e.sequence_id.as_str(),
+                e.enrolment_id.as_str(),
+                e.step,
+                e.contact_id.as_str(),
+                e.idempotency_key.as_str(),
+            ),
+            (
+                "",
+                step.sequence_id.as_str(),
+                "e2",
+                3,
+                contact,
+                message_key.as_str()
+            ),
+            "{:?}",
+            e.kind()
+        );
+        assert_eq!(key(r), contact);
+    }
+    tracker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn machine_opens_and_clicks_are_flagged() {
     let tracker = Tracker::start("tracker-machines", &[]).await;
     let (signer, _) = renderer();

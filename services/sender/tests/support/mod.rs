@@ -176,6 +176,17 @@ fn template(channel: Channel) -> TemplateVersion {
 
 /// `n` e-mails or SMS rendered by the real renderer, to `run`-tagged recipients.
 pub fn rendered(run: &str, channel: v1::Channel, n: usize, expires_in_s: i64) -> Vec<Message> {
+    rendered_with(run, channel, n, expires_in_s, |_| {})
+}
+
+/// [`rendered`], each job changed by `edit` first (a sequence step's, say).
+pub fn rendered_with(
+    run: &str,
+    channel: v1::Channel,
+    n: usize,
+    expires_in_s: i64,
+    edit: impl Fn(&mut v1::SendJob),
+) -> Vec<Message> {
     let composer = composer();
     let t = template(if channel == v1::Channel::Sms {
         Channel::Sms
@@ -200,7 +211,7 @@ pub fn rendered(run: &str, channel: v1::Channel, n: usize, expires_in_s: i64) ->
             } else {
                 "email"
             };
-            let job = v1::SendJob {
+            let mut job = v1::SendJob {
                 idempotency_key: format!("cmp-{run}:{}:{suffix}", contact.id),
                 campaign_id: format!("cmp-{run}"),
                 channel: channel.into(),
@@ -213,18 +224,26 @@ pub fn rendered(run: &str, channel: v1::Channel, n: usize, expires_in_s: i64) ->
                 }),
                 ..Default::default()
             };
+            edit(&mut job);
             composer.compose(&job, &t).expect("renders")
         })
         .collect()
 }
 
+/// Publishes rendered messages on their lane's outbound topics, as the renderer does.
 pub async fn publish(producer: &Producer, topics: &tocsin_bus::Topics, messages: &[Message]) {
     let trace = TraceContext::new_root();
+    let triggered =
+        |origin: Option<&v1::Origin>| origin.is_some_and(|o| o.lane() == v1::Lane::Triggered);
     for chunk in messages.chunks(500) {
         futures::future::try_join_all(chunk.iter().map(|m| {
             let (topic, key, id, payload) = match m {
                 Message::Email(e) => (
-                    &topics.outbound_email.name,
+                    if triggered(e.origin.as_ref()) {
+                        &topics.outbound_email_triggered.name
+                    } else {
+                        &topics.outbound_email.name
+                    },
                     e.origin
                         .as_ref()
                         .map(|o| o.contact_id.clone())
@@ -236,7 +255,11 @@ pub async fn publish(producer: &Producer, topics: &tocsin_bus::Topics, messages:
                     tocsin_contracts::codec::to_protobuf(e),
                 ),
                 Message::Sms(s) => (
-                    &topics.outbound_sms.name,
+                    if triggered(s.origin.as_ref()) {
+                        &topics.outbound_sms_triggered.name
+                    } else {
+                        &topics.outbound_sms.name
+                    },
                     s.origin
                         .as_ref()
                         .map(|o| o.contact_id.clone())

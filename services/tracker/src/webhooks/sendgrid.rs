@@ -233,7 +233,7 @@ pub fn event_feedback(event: &Value) -> Option<v1::Feedback> {
     feedback.contact_id = contact.to_owned();
     let campaign = text(event, "campaign_id");
     if !campaign.is_empty() {
-        feedback.campaign_id = campaign.to_owned();
+        feedback::attribute(&mut feedback, campaign);
     }
     feedback.channel = v1::Channel::Email.into();
     feedback.provider = Provider::SendGrid.name().to_owned();

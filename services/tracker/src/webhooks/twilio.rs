@@ -554,4 +554,24 @@ mod tests {
         assert_eq!(e.idempotency_key, "cmp-a:c-1:sms");
         assert_eq!(e.detail, "Twilio error 30005");
     }
+
+    #[test]
+    fn a_sequence_steps_status_names_the_step() {
+        let key = "seq~welcome~e4~1:c-1:sms";
+        let events = status_events(Some(key), "SM2", "failed", Some("21610"));
+        assert_eq!(events.len(), 2, "failed and unsubscribed");
+        for e in &events {
+            assert_eq!(
+                (
+                    e.campaign_id.as_str(),
+                    e.sequence_id.as_str(),
+                    e.enrolment_id.as_str(),
+                    e.step,
+                    e.contact_id.as_str(),
+                    e.idempotency_key.as_str(),
+                ),
+                ("", "welcome", "e4", 1, "c-1", key)
+            );
+        }
+    }
 }
