@@ -216,6 +216,7 @@ pub async fn run_consumer<H: Handler>(
         )
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", config.session_timeout_ms.to_string())
+        .set("fetch.wait.max.ms", config.fetch_wait_max_ms.to_string())
         .create_with_context(context)?;
     let topics: Vec<&str> = spec.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
