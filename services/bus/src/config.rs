@@ -25,10 +25,11 @@ pub struct KafkaConfig {
     pub max_in_flight: usize,
     /// Cap of the exponential backoff between two attempts of a transient failure.
     pub max_backoff_ms: u64,
-    /// Longest time a consumer's fetch waits for data before the broker answers: every
-    /// hop of a quiet topic costs up to this much (a broker may answer sooner when data
-    /// arrives; Tansu 0.6 waits it out). Lower: less latency per hop, more requests.
-    pub fetch_wait_max_ms: u64,
+    /// Longest time a low-latency consumer's fetch (the triggered lane, segment events)
+    /// waits for data before the broker answers: every hop of a quiet topic costs up to
+    /// this much (a broker may answer sooner when data arrives; Tansu 0.6 waits it out).
+    /// Lower: less latency per hop, more requests. Bulk consumers keep librdkafka's 500.
+    pub low_latency_fetch_wait_ms: u64,
     /// How long a graceful shutdown waits for in-flight messages.
     pub shutdown_grace_ms: u64,
     /// Passed to librdkafka as they are, for security settings and the like.

@@ -107,6 +107,7 @@ pub async fn run(
         client_id: config.relay.instance.clone(),
         topics: vec![topics.segments.name.clone()],
         dlq_topic: topics.dlq.name.clone(),
+        low_latency: false,
     };
     let handler = Arc::new(Relay {
         producer: producer.clone(),

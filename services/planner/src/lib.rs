@@ -111,11 +111,13 @@ pub async fn run_with_clock(
         )),
     });
 
+    // Segment events start sequences: their hop is a low-latency one.
     let consumer = |topic: &tocsin_bus::TopicSpec, group: &str| ConsumerSpec {
         group_id: format!("{}-{group}", config.planner.group_id),
         client_id: instance.clone(),
         topics: vec![topic.name.clone()],
         dlq_topic: topics.dlq.name.clone(),
+        low_latency: group == "segments",
     };
     let segments = tocsin_bus::spawn_consumer(
         &config.kafka,

@@ -110,6 +110,7 @@ pub async fn run(
                 client_id,
                 topics: vec![topic.name.clone()],
                 dlq_topic: topics.dlq.name.clone(),
+                low_latency: topic.name == topics.jobs_triggered.name,
             },
             handler.clone(),
             producer.clone(),

@@ -197,6 +197,7 @@ pub async fn run(
                 client_id: format!("{instance}-{name}"),
                 topics: vec![topic.name.clone()],
                 dlq_topic: topics.dlq.name.clone(),
+                low_latency: name.ends_with("triggered"),
             },
             handler.clone(),
             producer.clone(),
