@@ -1,0 +1,137 @@
+//! `tocsin_consumer_lag_messages` on the real broker: a consumer whose handler is blocked
+//! shows the backlog of its partition, then 0 once the handler lets the messages through,
+//! and its series goes when it leaves the group.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prometheus::Registry;
+use tocsin_bus::consumer::ConsumerSpec;
+use tocsin_bus::{BusMetrics, HandleError, Handler, Inbound};
+use tocsin_integration_tests::stack::{self, TestBus};
+use tocsin_runtime::shutdown::CancellationToken;
+use tokio::sync::watch;
+
+/// Holds every message until the gate opens.
+struct Gate {
+    open: watch::Receiver<bool>,
+}
+
+impl Handler for Gate {
+    async fn handle(&self, _message: &Inbound) -> Result<(), HandleError> {
+        let mut open = self.open.clone();
+        open.wait_for(|o| *o)
+            .await
+            .map_err(HandleError::transient)?;
+        Ok(())
+    }
+}
+
+/// The gauge's value for one partition, if the series exists.
+fn lag(registry: &Registry, group: &str, topic: &str, partition: i32) -> Option<i64> {
+    let partition = partition.to_string();
+    registry
+        .gather()
+        .iter()
+        .filter(|f| f.name() == "tocsin_consumer_lag_messages")
+        .flat_map(|f| f.get_metric())
+        .find(|m| {
+            let label = |name: &str| {
+                m.get_label()
+                    .iter()
+                    .find(|l| l.name() == name)
+                    .map(|l| l.value().to_owned())
+            };
+            label("group").as_deref() == Some(group)
+                && label("topic").as_deref() == Some(topic)
+                && label("partition").as_deref() == Some(partition.as_str())
+        })
+        .map(|m| m.get_gauge().get_value() as i64)
+}
+
+/// Polls the gauge until `done` holds; returns every distinct value seen on the way, in
+/// order, with the time it was first seen.
+async fn watch_lag(
+    registry: &Registry,
+    group: &str,
+    topic: &str,
+    timeout: Duration,
+    done: impl Fn(Option<i64>) -> bool,
+) -> Vec<(Duration, Option<i64>)> {
+    let start = Instant::now();
+    let mut seen: Vec<(Duration, Option<i64>)> = Vec::new();
+    loop {
+        let value = lag(registry, group, topic, 0);
+        if seen.last().map(|(_, v)| *v) != Some(value) {
+            seen.push((start.elapsed(), value));
+        }
+        if done(value) {
+            return seen;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "condition not met after {timeout:?}; values seen: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_shows_a_blocked_backlog_then_drops_to_zero() {
+    // More messages than the consumer may hold: it is saturated while the gate is shut,
+    // which is when a stuck stage must show.
+    const N: usize = 300;
+    const MAX_IN_FLIGHT: usize = 32;
+    let mut env = stack::relay_env("lag", 1);
+    env.push(("TOCSIN__KAFKA__STATISTICS_INTERVAL_MS".into(), "500".into()));
+    env.push((
+        "TOCSIN__KAFKA__MAX_IN_FLIGHT".into(),
+        MAX_IN_FLIGHT.to_string(),
+    ));
+    let bus = TestBus::from_env(env).await;
+    let topic = bus.topics().segments.name.clone();
+    let group = bus.config.relay.group_id.clone();
+
+    let registry = Registry::new();
+    let metrics = BusMetrics::register(&registry).expect("metrics");
+    let (open, gate) = watch::channel(false);
+    let stop = CancellationToken::new();
+    let consumer = tocsin_bus::spawn_consumer(
+        &bus.config.kafka,
+        ConsumerSpec {
+            group_id: group.clone(),
+            client_id: "lag-test".into(),
+            topics: vec![topic.clone()],
+            dlq_topic: bus.topics().dlq.name.clone(),
+        },
+        Arc::new(Gate { open: gate }),
+        bus.producer.clone(),
+        metrics,
+        stop.clone(),
+    );
+
+    // 50 keys: messages run concurrently and wait behind their key, as in a service.
+    stack::publish_events(&bus.producer, &topic, 0, N, 50).await;
+    let rising = watch_lag(&registry, &group, &topic, Duration::from_secs(60), |v| {
+        v == Some(N as i64)
+    })
+    .await;
+    println!("gate shut, {N} messages produced: {rising:?}");
+
+    open.send(true).expect("gate");
+    let falling = watch_lag(&registry, &group, &topic, Duration::from_secs(60), |v| {
+        v == Some(0)
+    })
+    .await;
+    println!("gate open: {falling:?}");
+    let at_most = falling.iter().filter_map(|(_, v)| *v).max().unwrap_or(0);
+    assert!(at_most <= N as i64, "lag above the backlog: {falling:?}");
+
+    stop.cancel();
+    consumer.await.expect("join").expect("consumer");
+    assert_eq!(
+        lag(&registry, &group, &topic, 0),
+        None,
+        "a consumer that left the group keeps no series"
+    );
+}
