@@ -43,12 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 
 # Metrics the dashboards or rules use before the services export them: name -> who adds it.
-PENDING_METRICS = {
-    "tocsin_consumer_lag_messages": "consumer lag per partition (gauge: topic, partition, "
-    "group), being added with issue 8",
-    "tocsin_planner_feedback_events_total": "feedback events per channel (counter: channel, "
-    "kind, bounce_class), proposed for the planner's feedback consumer",
-}
+PENDING_METRICS: dict[str, str] = {}
 # Names Prometheus itself provides.
 BUILTIN_METRICS = {"up"}
 # The services whose HTTP server serves /metrics, /healthz and /readyz.

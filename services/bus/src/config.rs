@@ -21,7 +21,8 @@ pub struct KafkaConfig {
     /// go to the others: how long a crashed instance's partitions stall.
     pub session_timeout_ms: u64,
     /// Messages a consumer holds at once, running or waiting behind their key: bounds
-    /// memory and the work redone after a crash.
+    /// memory and the work redone after a crash. While its handlers stall, a consumer takes
+    /// one more per `statistics_interval_ms`, up to twice this (see `bus::lag`).
     pub max_in_flight: usize,
     /// Cap of the exponential backoff between two attempts of a transient failure.
     pub max_backoff_ms: u64,
@@ -32,6 +33,10 @@ pub struct KafkaConfig {
     pub low_latency_fetch_wait_ms: u64,
     /// How long a graceful shutdown waits for in-flight messages.
     pub shutdown_grace_ms: u64,
+    /// How often librdkafka reports a consumer's statistics, from which its lag per
+    /// partition is exported (`tocsin_consumer_lag_messages`): how stale that gauge may
+    /// be. 0 turns the statistics, and the gauge, off.
+    pub statistics_interval_ms: u64,
     /// Passed to librdkafka as they are, for security settings and the like.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,

@@ -10,7 +10,10 @@
 //!   the same key run one after the other, in offset order.
 //! - A transient failure is retried with capped, jittered exponential backoff, holding up
 //!   only its own key.
-//! - Completions are served before new messages (`biased`), so memory stays bounded.
+//! - Completions are served before new messages (`biased`), so memory stays bounded: at
+//!   most `max_in_flight` messages, or twice that while the handlers stall (one more per
+//!   statistics interval without progress, so that librdkafka's statistics keep coming:
+//!   see [`crate::lag`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -26,6 +29,8 @@ use rdkafka::consumer::{
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Headers, Message};
+use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::TopicPartitionList;
 use tocsin_contracts::codec::{self, CONTENT_TYPE_PROTOBUF, DecodeError};
 use tocsin_contracts::{Event, v1};
 use tokio::task::JoinSet;
@@ -34,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 use crate::BusError;
 use crate::config::KafkaConfig;
 use crate::headers::{self, TraceContext};
+use crate::lag::LagReporter;
 use crate::metrics::BusMetrics;
 use crate::offsets::PartitionOffsets;
 use crate::producer::{Outbound, Producer};
@@ -153,15 +159,28 @@ const LIBRDKAFKA_FETCH_WAIT_MS: u64 = 500;
 
 type TopicPartition = (Arc<str>, i32);
 
-/// Partitions revoked by a rebalance, handed from librdkafka's callback to the loop.
-#[derive(Default)]
-struct RebalanceContext {
+/// What librdkafka's callbacks (served inside the consumer's poll) share with the loop:
+/// partitions revoked by a rebalance, and the lag gauge of the owned partitions.
+struct LoopContext {
     revoked: Mutex<Vec<(String, i32)>>,
+    lag: LagReporter,
 }
 
-impl ClientContext for RebalanceContext {}
+fn partition_ids(partitions: &TopicPartitionList) -> Vec<(String, i32)> {
+    partitions
+        .elements()
+        .iter()
+        .map(|e| (e.topic().to_owned(), e.partition()))
+        .collect()
+}
 
-impl ConsumerContext for RebalanceContext {
+impl ClientContext for LoopContext {
+    fn stats(&self, statistics: Statistics) {
+        self.lag.observe(&statistics);
+    }
+}
+
+impl ConsumerContext for LoopContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(partitions) = rebalance {
             // Commit what is finished before another member takes the partitions over.
@@ -169,13 +188,17 @@ impl ConsumerContext for RebalanceContext {
                 Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
                 Err(error) => tracing::warn!(%error, "commit before rebalance failed"),
             }
+            let partitions = partition_ids(partitions);
+            // The new owner reports these now; a stale value here would double the lag.
+            self.lag.revoked(partitions.iter().cloned());
             let mut revoked = self.revoked.lock().unwrap_or_else(|e| e.into_inner());
-            revoked.extend(
-                partitions
-                    .elements()
-                    .iter()
-                    .map(|e| (e.topic().to_owned(), e.partition())),
-            );
+            revoked.extend(partitions);
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(partitions) = rebalance {
+            self.lag.assigned(partition_ids(partitions));
         }
     }
 }
@@ -211,8 +234,11 @@ pub async fn run_consumer<H: Handler>(
     metrics: BusMetrics,
     shutdown: CancellationToken,
 ) -> Result<(), BusError> {
-    let context = RebalanceContext::default();
-    let consumer: StreamConsumer<RebalanceContext> = config
+    let context = LoopContext {
+        revoked: Mutex::default(),
+        lag: LagReporter::new(metrics.consumer_lag.clone(), &spec.group_id),
+    };
+    let consumer: StreamConsumer<LoopContext> = config
         .client_config(&spec.client_id)
         .set("group.id", &spec.group_id)
         .set("enable.auto.commit", "true")
@@ -231,6 +257,10 @@ pub async fn run_consumer<H: Handler>(
                 LIBRDKAFKA_FETCH_WAIT_MS
             }
             .to_string(),
+        )
+        .set(
+            "statistics.interval.ms",
+            config.statistics_interval_ms.to_string(),
         )
         .create_with_context(context)?;
     let topics: Vec<&str> = spec.topics.iter().map(String::as_str).collect();
@@ -254,15 +284,32 @@ pub async fn run_consumer<H: Handler>(
         tasks: JoinSet::new(),
     };
 
+    // librdkafka serves statistics (and rebalances) only inside a poll, and a saturated
+    // loop does not poll: a stuck handler would freeze the lag gauge at its last value,
+    // the moment it matters most. So once a statistics interval has gone by without taking
+    // a message, one more is taken (the poll serves what is pending first), up to twice
+    // `max_in_flight`: the gauge stays fresh for that many intervals of a stall.
+    let stall = Duration::from_millis(config.statistics_interval_ms);
+    let overdraft_limit = if stall.is_zero() {
+        config.max_in_flight
+    } else {
+        config.max_in_flight.saturating_mul(2)
+    };
+    let mut last_taken = tokio::time::Instant::now();
     loop {
         state.forget_revoked(&consumer);
+        let stalled_at = last_taken + stall;
+        let may_take = state.held < config.max_in_flight
+            || (state.held < overdraft_limit && tokio::time::Instant::now() >= stalled_at);
+        let may_overdraw = !may_take && state.held < overdraft_limit;
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
             Some(joined) = state.tasks.join_next(), if !state.tasks.is_empty() => {
                 state.finish(&consumer, &shared, joined);
             }
-            received = consumer.recv(), if state.held < config.max_in_flight => {
+            received = consumer.recv(), if may_take => {
+                last_taken = tokio::time::Instant::now();
                 match received {
                     Ok(message) => state.accept(&shared, detach(&message)),
                     Err(error) => {
@@ -271,6 +318,7 @@ pub async fn run_consumer<H: Handler>(
                     }
                 }
             }
+            _ = tokio::time::sleep_until(stalled_at), if may_overdraw => {}
         }
     }
 
@@ -299,6 +347,7 @@ pub async fn run_consumer<H: Handler>(
         }
     }
     consumer.unsubscribe();
+    consumer.context().lag.clear();
     tracing::info!(group = %spec.group_id, "consumer stopped");
     Ok(())
 }
@@ -389,7 +438,7 @@ impl LoopState {
 
     fn finish<H: Handler>(
         &mut self,
-        consumer: &StreamConsumer<RebalanceContext>,
+        consumer: &StreamConsumer<LoopContext>,
         shared: &Arc<TaskShared<H>>,
         joined: Result<Done, tokio::task::JoinError>,
     ) {
@@ -422,7 +471,7 @@ impl LoopState {
 
     /// Drops the bookkeeping of partitions a rebalance took away; their waiting messages
     /// will be delivered to the new owner from the committed offset.
-    fn forget_revoked(&mut self, consumer: &StreamConsumer<RebalanceContext>) {
+    fn forget_revoked(&mut self, consumer: &StreamConsumer<LoopContext>) {
         let revoked: Vec<(String, i32)> = {
             let mut list = consumer
                 .context()

@@ -16,6 +16,7 @@
 //! - [`producer`]: the idempotent producer; `publish` an event and await its ack.
 //! - [`consumer`]: the at-least-once consume loop, the [`Handler`] trait, dead-lettering.
 //! - [`offsets`]: which offset of a partition may be stored, given what is still in flight.
+//! - [`lag`]: consumer lag per owned partition, from librdkafka's statistics.
 //! - [`metrics`]: Prometheus counters and histograms of the above.
 //! - [`service`]: what every service starts with (topics, producer, Redis, ops server).
 
@@ -23,6 +24,7 @@ pub mod admin;
 pub mod config;
 pub mod consumer;
 pub mod headers;
+pub mod lag;
 pub mod metrics;
 pub mod offsets;
 pub mod producer;

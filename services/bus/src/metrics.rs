@@ -1,6 +1,7 @@
-//! Prometheus metrics of the bus. Labels are topics and coarse outcomes only.
+//! Prometheus metrics of the bus. Labels are topics and coarse outcomes only, and the
+//! consumer lag's group and partition.
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 
 #[derive(Debug, Clone)]
 pub struct BusMetrics {
@@ -10,6 +11,9 @@ pub struct BusMetrics {
     pub(crate) dead_letters: IntCounterVec,
     pub(crate) retries: IntCounterVec,
     pub(crate) handler_seconds: HistogramVec,
+    /// Per partition: the only per-partition family, bounded by the topics' partition
+    /// counts (see [`crate::lag`]).
+    pub(crate) consumer_lag: IntGaugeVec,
 }
 
 impl BusMetrics {
@@ -31,6 +35,17 @@ impl BusMetrics {
             &["topic", "outcome"],
         )?;
         registry.register(Box::new(handler_seconds.clone()))?;
+        // The name the dashboards and alert rules in deploy/ use (no `bus` in it).
+        let consumer_lag = IntGaugeVec::new(
+            Opts::new(
+                "tocsin_consumer_lag_messages",
+                "Messages of a partition its consumer has not finished yet (librdkafka \
+                 statistics: end offset minus stored or committed offset), for the \
+                 partitions this instance owns.",
+            ),
+            &["group", "topic", "partition"],
+        )?;
+        registry.register(Box::new(consumer_lag.clone()))?;
         Ok(BusMetrics {
             consumed: counter(
                 "tocsin_bus_messages_consumed_total",
@@ -58,6 +73,7 @@ impl BusMetrics {
                 &["topic"],
             )?,
             handler_seconds,
+            consumer_lag,
         })
     }
 }

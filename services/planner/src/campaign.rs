@@ -105,6 +105,8 @@ pub async fn create(
         .ignore()
         .zadd(keys::CAMPAIGNS, id, now_ms)
         .ignore()
+        .sadd(keys::ACTIVE_CAMPAIGNS, id)
+        .ignore()
         .query_async::<()>(conn)
         .await?;
     Ok(true)

@@ -54,4 +54,11 @@ pub struct PlannerConfig {
     pub soft_bounce_limit: u32,
     /// How long a campaign's per-contact outcome bits are kept (counters stay).
     pub feedback_retention_days: u32,
+    /// How often the gauges read from Redis (contacts, segments, schedule, running
+    /// campaigns' progress) are refreshed: a few O(1) reads per segment and campaign.
+    pub metrics_refresh_ms: u64,
+    /// Segments whose size is exported, largest first (`tocsin_planner_segment_contacts`,
+    /// one series each): enough to see the audiences that matter, few enough to keep the
+    /// series count bounded however many segments the CRM defines.
+    pub metrics_top_segments: usize,
 }

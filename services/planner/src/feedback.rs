@@ -13,6 +13,12 @@
 //!   clicks (privacy proxies, link scanners) are counted apart. The bit sets expire
 //!   `feedback_retention_days` after their last change; the counters stay.
 //!
+//! - **Metric.** `tocsin_planner_feedback_events_total{channel, kind, bounce_class}`
+//!   counts each event once: when the campaign's (or the sequence step's) bit was not set
+//!   yet, so a redelivered event, a second open or a second click adds nothing, like the
+//!   campaign counters. An event with neither (an inbound `STOP` known only by its
+//!   number, a `START`) counts once per consumption: redelivered, it counts again.
+//!
 //! The planner's own feedback (queued, suppressed, expired at dispatch) is already counted
 //! where it is decided and is skipped here.
 
@@ -199,13 +205,18 @@ impl FeedbackHandler {
     /// sequence's funnel (`step.K.fb.<outcome>`); a click remembered for `skip_if`; an
     /// opt-out ends the enrolments that exit on it (the step's due-time check would find
     /// it too, but the funnel shows it at once).
-    async fn apply_sequence(&self, f: &v1::Feedback) -> Result<(), PlanError> {
+    ///
+    /// Returns whether the event had a step's outcome to count (then it was counted in
+    /// `tocsin_planner_feedback_events_total` if this was its first time).
+    async fn apply_sequence(&self, f: &v1::Feedback) -> Result<bool, PlanError> {
         let mut conn = self.redis.clone();
+        let mut deduplicated = false;
         if let Some(at) = StepRef::from_fields(&f.sequence_id, &f.enrolment_id, f.step)
             && !f.contact_id.is_empty()
         {
             if let Some(o) = outcome(f) {
-                let _: i64 = COUNT_ONCE_SCRIPT
+                deduplicated = true;
+                let n: i64 = COUNT_ONCE_SCRIPT
                     .key(keys::sequence_outcomes(&at.sequence_id))
                     .key(keys::sequence_funnel(&at.sequence_id))
                     .arg(format!(
@@ -219,6 +230,9 @@ impl FeedbackHandler {
                     .arg(self.retention_s)
                     .invoke_async(&mut conn)
                     .await?;
+                if n == 1 {
+                    self.count_event(f);
+                }
             }
             if f.kind() == v1::FeedbackKind::Clicked && !f.machine {
                 self.sequences.clicked(&f.contact_id, &at).await?;
@@ -233,10 +247,22 @@ impl FeedbackHandler {
                 .unsubscribed(&f.contact_id, self.clock.now())
                 .await?;
         }
-        Ok(())
+        Ok(deduplicated)
     }
 
-    async fn apply(&self, f: &v1::Feedback) -> redis::RedisResult<()> {
+    /// `tocsin_planner_feedback_events_total`: called when an event is counted for the
+    /// first time (or, without a campaign or a step to count it in, once per consumption).
+    fn count_event(&self, f: &v1::Feedback) {
+        let (channel, kind, bounce_class) = event_labels(f);
+        self.metrics
+            .feedback_events
+            .with_label_values(&[channel, kind.as_str(), bounce_class])
+            .inc();
+    }
+
+    /// Returns whether the event had a campaign outcome to count (then it was counted in
+    /// `tocsin_planner_feedback_events_total` if this was its first time).
+    async fn apply(&self, f: &v1::Feedback) -> redis::RedisResult<bool> {
         let mut conn = self.redis.clone();
         let channel = match f.channel() {
             v1::Channel::Sms => Addresses::Sms,
@@ -256,12 +282,19 @@ impl FeedbackHandler {
                     .arg(self.retention_s)
                     .invoke_async(&mut conn)
                     .await?;
-                n == 1
+                // Counted here, at once: a later step failing and the event coming back
+                // must not count it twice.
+                if n == 1 {
+                    self.count_event(f);
+                }
+                Some(n == 1)
             }
-            _ => false,
+            _ => None,
         };
+        let deduplicated = counted.is_some();
+        let counted = counted.unwrap_or(false);
         if f.contact_id.is_empty() && f.address.is_empty() {
-            return Ok(());
+            return Ok(deduplicated);
         }
         match f.kind() {
             v1::FeedbackKind::Unsubscribed => {
@@ -307,8 +340,31 @@ impl FeedbackHandler {
             }
             _ => {}
         }
-        Ok(())
+        Ok(deduplicated)
     }
+}
+
+/// The labels of `tocsin_planner_feedback_events_total`: channel (`email`, `sms`,
+/// `unspecified`), kind (the `FeedbackKind` name in lower case: `delivered`, `bounced`,
+/// ...) and, for a bounce, its class (`hard`, or `soft`; a bounce without a class is
+/// handled as hard, so counted as hard), else empty.
+pub fn event_labels(f: &v1::Feedback) -> (&'static str, String, &'static str) {
+    let kind = f.kind();
+    let name = kind.as_str_name();
+    let kind_label = name
+        .strip_prefix("FEEDBACK_KIND_")
+        .unwrap_or(name)
+        .to_ascii_lowercase();
+    let bounce_class = match (kind, f.bounce_class()) {
+        (v1::FeedbackKind::Bounced, v1::BounceClass::Soft) => "soft",
+        (v1::FeedbackKind::Bounced, _) => "hard",
+        _ => "",
+    };
+    (
+        crate::eligibility::channel_name(f.channel()),
+        kind_label,
+        bounce_class,
+    )
 }
 
 impl Handler for FeedbackHandler {
@@ -323,10 +379,17 @@ impl Handler for FeedbackHandler {
         {
             return Ok(());
         }
-        self.apply(&f).await.map_err(HandleError::transient)?;
-        self.apply_sequence(&f)
+        let for_campaign = self.apply(&f).await.map_err(HandleError::transient)?;
+        let for_step = self
+            .apply_sequence(&f)
             .await
-            .map_err(HandleError::transient)
+            .map_err(HandleError::transient)?;
+        if !for_campaign && !for_step {
+            // Nothing to tell a first time from a redelivery (an inbound STOP known only
+            // by its number, a START): counted once per consumption.
+            self.count_event(&f);
+        }
+        Ok(())
     }
 }
 
@@ -357,6 +420,39 @@ mod tests {
         assert!(
             distinct_bits.iter().all(|b| *b < 52),
             "exact in a Lua number"
+        );
+    }
+
+    #[test]
+    fn event_labels_are_the_dashboards_values() {
+        let f = |kind: v1::FeedbackKind, channel: v1::Channel, bounce: v1::BounceClass| {
+            event_labels(&v1::Feedback {
+                kind: kind.into(),
+                channel: channel.into(),
+                bounce_class: bounce.into(),
+                ..Default::default()
+            })
+        };
+        use v1::{BounceClass as B, Channel as C, FeedbackKind as K};
+        assert_eq!(
+            f(K::Delivered, C::Email, B::Unspecified),
+            ("email", "delivered".to_owned(), "")
+        );
+        assert_eq!(
+            f(K::Bounced, C::Sms, B::Soft),
+            ("sms", "bounced".to_owned(), "soft")
+        );
+        assert_eq!(
+            f(K::Bounced, C::Email, B::Hard),
+            ("email", "bounced".to_owned(), "hard")
+        );
+        // A bounce without a class suppresses like a hard one, and is counted as one.
+        assert_eq!(f(K::Bounced, C::Email, B::Unspecified).2, "hard");
+        assert_eq!(f(K::Unsubscribed, C::Sms, B::Unspecified).1, "unsubscribed");
+        assert_eq!(
+            f(K::Complained, C::Email, B::Hard).2,
+            "",
+            "class only on bounces"
         );
     }
 }

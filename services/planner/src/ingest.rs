@@ -140,8 +140,8 @@ impl SegmentsHandler {
         for segment in &segments {
             pipe.zrem(keys::segment(segment), contact_id).ignore();
         }
+        store::delete_record(&mut pipe, contact_id);
         pipe.del(&[
-            keys::contact(contact_id),
             keys::frequency(contact_id),
             keys::soft_bounces(contact_id),
             keys::pending_enrolments(contact_id),

@@ -15,6 +15,8 @@
 //! | `t:cmp:K:lease` | string | which planner instance fans K out, with an expiry |
 //! | `t:cmps:due` | sorted set | scheduled campaigns by start time (ms) |
 //! | `t:cmps` | sorted set | every campaign by creation time (ms), for listing |
+//! | `t:cmps:active` | set | campaigns created and not yet seen completed or cancelled: the progress gauge's list (pruned by [`crate::metrics::Refresher`]); `t:cmps:active:indexed` marks it filled from `t:cmps` once |
+//! | `t:n:contacts` | string | number of contact records `t:c:{C}`, kept by the membership script and the erasure once [`crate::metrics::Refresher`] has counted them (one `SCAN`) |
 //! | `t:sched` | sorted set | planned jobs `K\x1fC` by earliest send time (ms): the durable schedule |
 //! | `t:segs` | sorted set | segment ids (for listing) |
 //! | `t:seq:S` | hash | sequence S: `current` (version), `v<N>` (protobuf `SequenceDefinition`), `src.v<N>` (digest of the file or request it came from), `migrate_floor` (enrolments on an older version move to `current`), `retired` (reason), `created_ms` |
@@ -30,6 +32,11 @@
 pub const SUPPRESSION: &str = "t:sup";
 pub const DUE_CAMPAIGNS: &str = "t:cmps:due";
 pub const CAMPAIGNS: &str = "t:cmps";
+pub const ACTIVE_CAMPAIGNS: &str = "t:cmps:active";
+pub const ACTIVE_CAMPAIGNS_INDEXED: &str = "t:cmps:active:indexed";
+pub const CONTACT_COUNT: &str = "t:n:contacts";
+/// `SCAN` pattern of every contact record.
+pub const CONTACT_PATTERN: &str = "t:c:{*";
 pub const SCHEDULE: &str = "t:sched";
 pub const SEGMENTS: &str = "t:segs";
 pub const SEQUENCES: &str = "t:seqs";

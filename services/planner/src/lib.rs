@@ -14,7 +14,7 @@
 //! - [`dispatch`]: the durable schedule's due jobs, re-checked and published.
 //! - [`feedback`]: the `tocsin.feedback` handler: suppression and campaign counters.
 //! - [`sequence`]: automated sequences: definitions, enrolments, their steps.
-//! - [`metrics`]: Prometheus counters.
+//! - [`metrics`]: Prometheus counters, and the gauges read from Redis on a slow tick.
 
 pub mod campaign;
 pub mod clock;
@@ -215,8 +215,31 @@ pub async fn run_with_clock(
         }
     });
 
-    let (segments, commands, feedback, ticker, stepper) =
-        tokio::join!(segments, commands, feedback, ticker, stepper);
+    // Gauges of the state in Redis, on their own slow tick.
+    let refresh_every = Duration::from_millis(config.planner.metrics_refresh_ms.max(100));
+    let mut refresher = metrics::Refresher::new(
+        redis.clone(),
+        metrics.clone(),
+        config.planner.metrics_top_segments,
+    );
+    let gauges = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            loop {
+                let now_ms = chrono::Utc::now().timestamp_millis();
+                if let Err(error) = refresher.refresh(now_ms).await {
+                    tracing::warn!(%error, "metrics refresh failed; retrying next tick");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(refresh_every) => {}
+                    _ = shutdown.cancelled() => break,
+                }
+            }
+        }
+    });
+
+    let (segments, commands, feedback, ticker, stepper, gauges) =
+        tokio::join!(segments, commands, feedback, ticker, stepper, gauges);
     shutdown.cancel();
     server.await??;
     segments??;
@@ -224,5 +247,6 @@ pub async fn run_with_clock(
     feedback??;
     ticker?;
     stepper?;
+    gauges?;
     Ok(())
 }

@@ -122,6 +122,9 @@ pub enum Membership<'a> {
 /// one script (one round trip). Returns `false` when the snapshot was older than the
 /// stored one and was ignored.
 ///
+/// A record created or deleted moves the contact count (`t:n:contacts`) by one, once that
+/// count exists (see [`crate::metrics::Refresher`]).
+///
 /// With `mark_entry`, a real entry (the contact was not a member) also leaves a marker in
 /// `t:enrq:{C}` (segment → ms), in the same script: the sequences the segment triggers
 /// enrol the contact from the marker and then delete it, so a planner killed in between
@@ -137,6 +140,7 @@ pub async fn apply_membership(
         Script::new(
             r"
             local cur = redis.call('GET', KEYS[1])
+            local existed = cur ~= false
             local version, segments, body = 0, '', ''
             if cur then
               local nl = string.find(cur, '\n', 1, true)
@@ -163,10 +167,16 @@ pub async fn apply_membership(
                 fresh = 0
               end
             end
+            local delta = 0
             if body == '' and #list == 0 then
               redis.call('DEL', KEYS[1])
+              if existed then delta = -1 end
             else
               redis.call('SET', KEYS[1], string.format('V%016d|', version) .. table.concat(list, ',') .. '\n' .. body)
+              if not existed then delta = 1 end
+            end
+            if delta ~= 0 and redis.call('EXISTS', KEYS[5]) == 1 then
+              redis.call('INCRBY', KEYS[5], delta)
             end
             if entering then
               redis.call('ZADD', KEYS[2], 0, ARGV[5])
@@ -191,6 +201,7 @@ pub async fn apply_membership(
         .key(keys::segment(segment))
         .key(keys::SEGMENTS)
         .key(keys::pending_enrolments(contact_id))
+        .key(keys::CONTACT_COUNT)
         .arg(version)
         .arg(body)
         .arg(segment)
@@ -212,6 +223,21 @@ pub async fn load_record(
 ) -> RedisResult<Option<ContactRecord>> {
     let raw: Option<Vec<u8>> = conn.get(keys::contact(id)).await?;
     Ok(raw.as_deref().and_then(parse_record))
+}
+
+/// Adds to `pipe` the deletion of contact `id`'s record, taking it off the contact count
+/// when it existed (and the count does).
+pub fn delete_record(pipe: &mut redis::Pipeline, id: &str) {
+    // EVAL (not EVALSHA): a pipeline cannot load a missing script; Redis caches it anyway.
+    const SCRIPT: &str = "if redis.call('DEL', KEYS[1]) == 1 and \
+                          redis.call('EXISTS', KEYS[2]) == 1 then \
+                          redis.call('DECR', KEYS[2]) end return 0";
+    pipe.cmd("EVAL")
+        .arg(SCRIPT)
+        .arg(2)
+        .arg(keys::contact(id))
+        .arg(keys::CONTACT_COUNT)
+        .ignore();
 }
 
 /// Loads many contacts in one round trip; `None` for the missing ones.

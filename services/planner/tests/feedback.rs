@@ -73,7 +73,9 @@ async fn publish(h: &Harness, events: &[v1::Feedback]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counters_stay_exact_when_events_arrive_twice_and_suppression_follows() {
-    let h = Harness::new("feedback", REDIS_DB, &[]).await;
+    let port = tocsin_integration_tests::stack::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let h = Harness::new("feedback", REDIS_DB, &[("TOCSIN__HTTP__LISTEN", &listen)]).await;
     let (stop, planner) = spawn(&h);
     let both = [v1::Channel::Email, v1::Channel::Sms];
     let people: Vec<v1::Contact> = (0..6)
@@ -183,6 +185,37 @@ async fn counters_stay_exact_when_events_arrive_twice_and_suppression_follows() 
     assert_eq!(expect("complained"), 1);
     assert_eq!(expect("bounced"), 1);
     assert_eq!(expect("soft_bounced"), 1);
+
+    // The same, by channel and kind, for the deliverability dashboards: counted once like
+    // the campaign counters; c-5's STOP and START and the stranger's STOP, which belong to
+    // no campaign, once per consumption (the STOPs arrived twice).
+    let page = support::scrape(port).await;
+    let events = |channel: &str, kind: &str, class: &str| {
+        support::sample(
+            &page,
+            "tocsin_planner_feedback_events_total",
+            &[
+                ("channel", channel),
+                ("kind", kind),
+                ("bounce_class", class),
+            ],
+        )
+        .unwrap_or(0.0)
+    };
+    assert_eq!(events("email", "sent", ""), 6.0);
+    assert_eq!(events("email", "delivered", ""), 4.0);
+    assert_eq!(
+        events("email", "opened", ""),
+        2.0,
+        "c-0's first open, the scanner's"
+    );
+    assert_eq!(events("email", "clicked", ""), 1.0);
+    assert_eq!(events("email", "unsubscribed", ""), 1.0);
+    assert_eq!(events("email", "complained", ""), 1.0);
+    assert_eq!(events("email", "bounced", "hard"), 1.0);
+    assert_eq!(events("email", "bounced", "soft"), 3.0, "one per campaign");
+    assert_eq!(events("sms", "unsubscribed", ""), 4.0);
+    assert_eq!(events("sms", "resubscribed", ""), 1.0);
 
     // The suppression list, by reason.
     let mut conn = h.redis.clone();

@@ -228,3 +228,67 @@ pub fn email_blast(segment: &str, start_secs: i64) -> v1::ScheduleBlast {
 pub fn now_secs() -> i64 {
     chrono::Utc::now().timestamp()
 }
+
+/// `/metrics` of a planner whose ops server listens on `port`, once it answers.
+pub async fn scrape(port: u16) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut stream = loop {
+        match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            Ok(s) => break s,
+            Err(e) if Instant::now() > deadline => panic!("ops server on {port}: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    let request = "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("read");
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default()
+}
+
+/// The value of the series `name` with exactly these labels in a Prometheus text page.
+pub fn sample(page: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut want: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    want.sort();
+    page.lines().find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let (metric, rest) = match series.split_once('{') {
+            Some((m, rest)) => (m, rest.strip_suffix('}')?),
+            None => (series, ""),
+        };
+        if metric != name {
+            return None;
+        }
+        let mut have: Vec<String> = rest
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        have.sort();
+        (have == want).then(|| value.parse().ok()).flatten()
+    })
+}
+
+/// Scrapes until `done` holds for the page, or panics after `timeout` with the last page.
+pub async fn scrape_until(port: u16, timeout: Duration, done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let page = scrape(port).await;
+        if done(&page) {
+            return page;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "metrics not as expected after {timeout:?}:\n{}",
+            page.lines()
+                .filter(|l| l.starts_with("tocsin_planner"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
