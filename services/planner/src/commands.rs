@@ -41,6 +41,16 @@ impl Handler for CommandsHandler {
             Some(Command::Resume(_)) => self.apply(&mut conn, id, campaign::Command::Resume).await,
             Some(Command::Cancel(_)) => self.apply(&mut conn, id, campaign::Command::Cancel).await,
             Some(Command::DefineSequence(define)) => {
+                // The API refuses such definitions, so this one came from elsewhere: to the
+                // dead-letter topic with the field at fault, not dropped.
+                if let Some(def) = &define.definition
+                    && let Err(error) = sequence::definition::check(def)
+                {
+                    return Err(HandleError::permanent(
+                        "invalid",
+                        format!("sequence {}: {error}", command.sequence_id),
+                    ));
+                }
                 self.define_sequence(&mut conn, &command.sequence_id, define)
                     .await
             }
@@ -66,8 +76,7 @@ impl Handler for CommandsHandler {
 
 impl CommandsHandler {
     /// Writes the version the API assigned (once: the API wrote it already, and a replay
-    /// finds it). A definition that fails the checks is logged and dropped: the API
-    /// refuses such definitions, so this one came from elsewhere.
+    /// finds it). The definition has passed `definition::check`.
     async fn define_sequence(
         &self,
         conn: &mut ConnectionManager,
@@ -77,10 +86,6 @@ impl CommandsHandler {
         let Some(def) = &define.definition else {
             return Ok(());
         };
-        if let Err(error) = sequence::definition::check(def) {
-            tracing::warn!(sequence = id, %error, "sequence definition refused");
-            return Ok(());
-        }
         let now = chrono::Utc::now().timestamp_millis();
         let outcome = sequence::store::define(
             conn,
