@@ -358,7 +358,6 @@ async fn a_welcome_series_on_a_controlled_clock() {
 
     // Saturday noon and Sunday evening: nothing is due yet.
     clock.set(local(Paris, 2026, 12, 6, 21, 30));
-    tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         lane.reader
             .read_for::<v1::SendJob>(Duration::from_millis(500))
@@ -555,6 +554,51 @@ async fn re_entry_follows_the_policy() {
         .map(|s| s.to_string())
         .collect()
     );
+    // A definition the API would have refused (a condition on a later step) goes to the
+    // dead-letter topic with the field at fault, and defines nothing.
+    let mut bad = one_step("broken", "donors", 0);
+    bad.steps[0].skip_if.push(v1::StepCondition {
+        condition: Some(v1::step_condition::Condition::ClickedStep(2)),
+    });
+    let event_id = stack::unique("cmd");
+    let command = v1::CampaignCommand {
+        meta: Some(v1::EventMeta {
+            event_id: event_id.clone(),
+            occurred_at: None,
+            source: "test".into(),
+        }),
+        sequence_id: "broken".into(),
+        requested_by: "test".into(),
+        command: Some(v1::campaign_command::Command::DefineSequence(
+            v1::DefineSequence {
+                definition: Some(bad),
+                migrate_enrolments: false,
+                version: 1,
+            },
+        )),
+        ..Default::default()
+    };
+    h.producer
+        .publish(
+            &h.config.kafka.topics.campaigns.name,
+            "broken",
+            &event_id,
+            &command,
+            &TraceContext::new_root(),
+        )
+        .await
+        .expect("publish");
+    let dead = TopicReader::new(&h.config.kafka.topics.dlq.name)
+        .read_until::<v1::DeadLetter>(Duration::from_secs(30), |r| !r.is_empty())
+        .await;
+    assert!(
+        dead[0].event.reason.contains("steps[0].skipIf[0]"),
+        "{:?}",
+        dead[0].event.reason
+    );
+    let mut conn = h.redis.clone();
+    let defined: bool = conn.exists("t:seq:broken").await.expect("exists");
+    assert!(!defined);
     assert_eq!(funnel(&h, "once").await.get("enrolled"), Some(&1));
     assert_eq!(funnel(&h, "monthly").await.get("enrolled"), Some(&2));
     let extra = lane
