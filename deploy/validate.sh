@@ -31,33 +31,15 @@ REQUIREMENTS="$ROOT/deploy/validate-requirements.txt"
 say() { printf '\033[1m[validate]\033[0m %s\n' "$*"; }
 die() { printf '\033[1;31m[validate]\033[0m %s\n' "$*" >&2; exit 1; }
 
-apt_updated=0
-apt_install() {
-  if [ "$apt_updated" = 0 ]; then
-    say "apt-get update"
-    apt-get update -qq
-    apt_updated=1
-  fi
-  say "apt-get install $*"
-  # Only promtool is wanted from the prometheus package: no Prometheus server may start
-  # from its postinst. A policy-rc.d answering 101 forbids starting services; one is put in
-  # place for the install only, where the machine has none.
-  local policy=/usr/sbin/policy-rc.d placed=0
-  if [ ! -e "$policy" ]; then
-    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && placed=1
-  fi
-  local status=0
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null || status=$?
-  [ "$placed" = 0 ] || rm -f "$policy"
-  return "$status"
-}
+# shellcheck source=deploy/local/apt.sh
+source "$ROOT/deploy/local/apt.sh"
 
 install() {
   local missing=()
   command -v docker-compose >/dev/null || missing+=(docker-compose)
   command -v promtool >/dev/null || missing+=(prometheus)
   command -v python3 >/dev/null || missing+=(python3 python3-venv)
-  [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
+  [ ${#missing[@]} -eq 0 ] || APT_LEAN=1 apt_install "${missing[@]}"
   local want; want=$(sha256sum "$REQUIREMENTS" | cut -d' ' -f1)
   if [ -x "$VENV/bin/python" ] && [ "$(cat "$VENV/.requirements.sha256" 2>/dev/null)" = "$want" ]; then
     return 0
@@ -66,7 +48,7 @@ install() {
   mkdir -p "$STATE"
   if [ ! -x "$VENV/bin/pip" ] && ! python3 -m venv "$VENV" >/dev/null 2>&1; then
     rm -rf "$VENV"
-    apt_install python3-venv
+    APT_LEAN=1 apt_install python3-venv
     python3 -m venv "$VENV"
   fi
   "$VENV/bin/pip" install --disable-pip-version-check --quiet -r "$REQUIREMENTS"

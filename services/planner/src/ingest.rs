@@ -71,14 +71,19 @@ impl SegmentsHandler {
         if triggers || self.sequences.concerns(segment).await? {
             let pending = keys::pending_enrolments(contact_id);
             let marked: Option<i64> = conn.hget(&pending, segment).await?;
-            let contact = store::load_record(conn, contact_id)
-                .await?
-                .and_then(|r| r.contact);
+            // The event's own snapshot when it carries one (its time zone is all enrolment
+            // reads); the stored profile otherwise.
+            let stored = match &entered.contact {
+                Some(_) => None,
+                None => store::load_record(conn, contact_id)
+                    .await?
+                    .and_then(|r| r.contact),
+            };
             self.sequences
                 .entered(
                     contact_id,
                     segment,
-                    contact.as_ref(),
+                    entered.contact.as_ref().or(stored.as_ref()),
                     marked.is_some(),
                     self.clock.now(),
                 )
