@@ -1,11 +1,13 @@
-# Shared by deploy/local/demo.sh and the load scenarios (loadtests/*.sh): the local
-# stack's addresses, small helpers, and the pipeline's processes (the Twilio stand-in, the
-# planner, renderer, sender and API) started in the background, logs in $DEMO/<name>.log,
-# stopped on exit by their own pid (never the stack).
+# Shared by deploy/local/demo.sh, deploy/prometheus/prove.sh and the load scenarios
+# (loadtests/*.sh): the local stack's addresses, small helpers, and the pipeline's
+# processes (the Twilio stand-in, the planner, renderer, sender, tracker and API) started
+# in the background, logs in $DEMO/<name>.log, stopped on exit by their own pid (never the
+# stack).
 #
 # Source it after setting DEMO (the log folder) and SAY_AS (the prefix of messages); then
 # `start_services` builds the binaries (debug) and starts everything, checking that no
-# other process holds the ports.
+# other process holds the ports. STANDIN_ARGS (an array, empty by default) adds flags to
+# the stand-in (faults: `tocsin-standins --help`).
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
@@ -15,9 +17,12 @@ API="127.0.0.1:8080"
 PLANNER_OPS="127.0.0.1:9181"
 RENDERER_OPS="127.0.0.1:9182"
 SENDER_OPS="127.0.0.1:9183"
+# The tracker serves its public routes and its ops routes on one port.
+TRACKER="127.0.0.1:8090"
 # Secrets, handed to the sender's process only. The stand-in accepts the token it is given.
 SMTP_PASSWORD="${TOCSIN_SMTP_PASSWORD:-local-smtp-password}"
 TWILIO_AUTH_TOKEN="standin-twilio-auth-token"
+BREVO_WEBHOOK_TOKEN="local-brevo-webhook-token"
 SMS_QUIET_HOURS="1-7@00:00-24:00"
 export PATH="$HOME/.cargo/bin:$PATH"
 export TOCSIN_API_URL="http://$API"
@@ -68,6 +73,7 @@ stack_env=()
 
 PIDS=()
 NAMES=()
+declare -p STANDIN_ARGS >/dev/null 2>&1 || STANDIN_ARGS=()
 stop_all() {
   local i pid
   for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
@@ -118,9 +124,9 @@ start_services() {
   say "local stack"
   deploy/local/stack.sh up
 
-  for addr in "$STANDIN" "$PLANNER_OPS" "$RENDERER_OPS" "$SENDER_OPS" "$API"; do
+  for addr in "$STANDIN" "$PLANNER_OPS" "$RENDERER_OPS" "$SENDER_OPS" "$TRACKER" "$API"; do
     if port_open "$addr"; then
-      die "$addr is already in use, and the demo starts its own process there (the API on 8080, the Twilio stand-in on 4010, ops ports 9181-9183). Stop what listens (ss -ltnp 'sport = :${addr#*:}') and run the demo again."
+      die "$addr is already in use, and $SAY_AS starts its own process there (the API on 8080, the tracker on 8090, the Twilio stand-in on 4010, ops ports 9181-9183). Stop what listens (ss -ltnp 'sport = :${addr#*:}') and run it again."
     fi
   done
 
@@ -139,8 +145,10 @@ start_services() {
   fi
   DKIM_TXT="v=DKIM1; k=rsa; p=$(openssl rsa -in "$DKIM_KEY" -pubout -outform DER 2>/dev/null | base64 -w0)"
 
-  say "starting tocsin-standins, tocsin-planner, tocsin-renderer, tocsin-sender, tocsin-api (logs in $DEMO)"
-  start standins "$BIN/tocsin-standins" --listen "$STANDIN" --twilio-auth-token "$TWILIO_AUTH_TOKEN"
+  say "starting tocsin-standins, tocsin-planner, tocsin-renderer, tocsin-sender, tocsin-tracker, tocsin-api (logs in $DEMO)"
+  # The stand-in calls the tracker back with each SMS's signed status, as Twilio does.
+  start standins "$BIN/tocsin-standins" --listen "$STANDIN" --twilio-auth-token "$TWILIO_AUTH_TOKEN" \
+    --twilio-status-callbacks "${STANDIN_ARGS[@]}"
   wait_ready standins "http://$STANDIN/_standin/health"
   start planner env "${stack_env[@]}" TOCSIN_CONFIG=config/local/planner.toml TOCSIN__HTTP__LISTEN="$PLANNER_OPS" \
     "$BIN/tocsin-planner"
@@ -164,6 +172,14 @@ start_services() {
   }
   start sender run_sender
   wait_ready sender "http://$SENDER_OPS/readyz"
+  run_tracker() {
+    export TOCSIN__TRACKER__TWILIO__AUTH_TOKEN="$TWILIO_AUTH_TOKEN"
+    export TOCSIN__TRACKER__BREVO__BEARER_TOKEN="$BREVO_WEBHOOK_TOKEN"
+    exec env "${stack_env[@]}" TOCSIN_CONFIG=config/local/tracker.toml TOCSIN__HTTP__LISTEN="$TRACKER" \
+      "$BIN/tocsin-tracker"
+  }
+  start tracker run_tracker
+  wait_ready tracker "http://$TRACKER/readyz"
   start api env "${stack_env[@]}" TOCSIN_CONFIG=config/local/api.toml TOCSIN__HTTP__LISTEN="$API" "$BIN/tocsin-api"
   wait_ready api "http://$API/readyz"
   say "all ready after $(since "$T0") s"

@@ -14,7 +14,8 @@
 #   deploy/local/stack.sh status    what runs, where the mail and the SMTP CA are
 #   deploy/local/stack.sh mail-path the Maildir the SMTP server writes
 #   deploy/local/stack.sh ca-path   the CA certificate an SMTP client trusts
-#   deploy/local/stack.sh test      the whole test suite: up, fmt, clippy, nextest, down
+#   deploy/local/stack.sh test      the whole test suite: fmt, clippy, up, nextest, the
+#                                   Prometheus proof (deploy/prometheus/prove.sh), down
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -214,6 +215,8 @@ test_suite() {
     TOCSIN_SMTP_PORT="$SMTP_PORT" TOCSIN_SMTPS_PORT="$SMTPS_PORT" \
     TOCSIN_SMTP_USER="$SMTP_USER" TOCSIN_SMTP_PASSWORD="$SMTP_PASSWORD" \
     cargo nextest run --workspace --locked --no-fail-fast
+  say "dashboards and alerts against a real Prometheus, during a blast"
+  TOCSIN_STACK_DIR="$STATE" deploy/prometheus/prove.sh
 }
 
 case "${1:-}" in
@@ -224,5 +227,5 @@ case "${1:-}" in
   mail-path) echo "$STATE/mail" ;;
   ca-path) echo "$STATE/smtp/ca.pem" ;;
   test) test_suite ;;
-  *) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -76,4 +76,48 @@ impl BusMetrics {
             consumer_lag,
         })
     }
+
+    /// Starts the per-topic counters of `topics` at zero, so that a dashboard shows 0
+    /// rather than no data for a topic that has had no message, error or retry yet, and
+    /// so that `increase()` counts the first one (a series that appears at 1 has no
+    /// earlier sample to count from).
+    pub fn declare_topics<'a>(&self, topics: impl IntoIterator<Item = &'a str>) {
+        for topic in topics {
+            for family in [
+                &self.consumed,
+                &self.produced,
+                &self.produce_errors,
+                &self.retries,
+            ] {
+                family.with_label_values(&[topic]);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn declared_topics_are_exposed_at_zero() {
+        let registry = Registry::new();
+        let metrics = BusMetrics::register(&registry).expect("register");
+        metrics.declare_topics(["tocsin.jobs"]);
+        let families = registry.gather();
+        for name in [
+            "tocsin_bus_messages_consumed_total",
+            "tocsin_bus_messages_produced_total",
+            "tocsin_bus_produce_errors_total",
+            "tocsin_bus_handler_retries_total",
+        ] {
+            let family = families
+                .iter()
+                .find(|f| f.name() == name)
+                .unwrap_or_else(|| panic!("{name} is not exposed"));
+            let metric = &family.get_metric()[0];
+            assert_eq!(metric.get_label()[0].value(), "tocsin.jobs");
+            assert_eq!(metric.get_counter().get_value(), 0.0);
+        }
+    }
 }

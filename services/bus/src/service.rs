@@ -87,6 +87,7 @@ impl Connected {
     pub async fn connect(spec: Spec<'_>) -> Result<Self, StartError> {
         let registry = Registry::new();
         let bus_metrics = BusMetrics::register(&registry).map_err(BusError::from)?;
+        bus_metrics.declare_topics(spec.topics.iter().map(|t| t.name.as_str()));
         admin::ensure_topics(spec.kafka, spec.topics)
             .await
             .map_err(StartError::Topics)?;

@@ -242,6 +242,12 @@ pub struct CampaignArgs {
     /// Also close French public holidays (with explicit windows).
     #[arg(long)]
     pub skip_holidays: bool,
+    /// E-mail: add the open pixel (opens counted by the tracker).
+    #[arg(long)]
+    pub track_opens: bool,
+    /// E-mail: send links through the tracker's signed redirects (clicks counted).
+    #[arg(long)]
+    pub track_clicks: bool,
 }
 
 /// A usage mistake the CLI can tell before asking the API.
@@ -297,6 +303,12 @@ fn request_body(args: &CampaignArgs) -> Result<Value, UsageError> {
         (
             "quietHours",
             quiet_hours(&args.quiet_hours, args.skip_holidays)?,
+        ),
+        (
+            "tracking",
+            (args.track_opens || args.track_clicks).then(
+                || json!({"openPixel": args.track_opens, "clickRewriting": args.track_clicks}),
+            ),
         ),
     ];
     with_present(&mut body, fields);
@@ -522,5 +534,48 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
     match error.downcast_ref::<ClientError>() {
         Some(ClientError::Refused { status, .. }) if status.is_client_error() => 2,
         _ => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn body(extra: &[&str]) -> Value {
+        let mut argv = vec![
+            "tocsin",
+            "campaigns",
+            "dry-run",
+            "--name",
+            "n",
+            "--segment",
+            "s",
+            "--channel",
+            "email",
+            "--template",
+            "t",
+            "--sender-profile",
+            "default",
+        ];
+        argv.extend_from_slice(extra);
+        let cli = Cli::try_parse_from(argv).expect("arguments");
+        let Command::Campaigns(Campaigns::DryRun(args)) = cli.command else {
+            panic!("not a dry run");
+        };
+        request_body(&args).expect("body")
+    }
+
+    #[test]
+    fn tracking_is_asked_for_only_with_its_flags() {
+        assert!(body(&[]).get("tracking").is_none());
+        assert_eq!(
+            body(&["--track-opens"])["tracking"],
+            json!({"openPixel": true, "clickRewriting": false})
+        );
+        assert_eq!(
+            body(&["--track-opens", "--track-clicks"])["tracking"],
+            json!({"openPixel": true, "clickRewriting": true})
+        );
     }
 }

@@ -60,6 +60,29 @@ pub enum Command {
     /// every INTERVAL, each timed from its segment event to the provider's acceptance of
     /// the sequence's first step (`Feedback(sent)`). Prints p50, p90, p99 and max.
     Probe(ProbeArgs),
+    /// Publish one record exactly as given: the payload is read from standard input. For
+    /// checking what a consumer does with a record it cannot read (it goes to the
+    /// dead-letter topic with the reason) and for replaying a record by hand.
+    Raw(RawArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RawArgs {
+    /// The topic's full name, e.g. `tocsin.segments`.
+    #[arg(long)]
+    pub topic: String,
+    /// The record's key.
+    #[arg(long)]
+    pub key: String,
+    /// The `content-type` header (`application/x-protobuf` or `application/json`).
+    #[arg(long, default_value = "application/json")]
+    pub content_type: String,
+    /// The `event-id` header; a fresh UUID otherwise.
+    #[arg(long)]
+    pub event_id: Option<String>,
+    /// Bootstrap servers; `[kafka] brokers` otherwise.
+    #[arg(long)]
+    pub brokers: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -137,7 +160,56 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> Result<(), LoadgenError> {
     match cli.command {
         Command::Contacts(args) => publish_contacts(args, cli.json, out).await,
         Command::Probe(args) => probe_lane(args, cli.json, out).await,
+        Command::Raw(args) => {
+            let mut payload = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut payload)?;
+            publish_raw(args, &payload, cli.json, out).await
+        }
     }
+}
+
+/// Publishes `payload` as one record of `args.topic`, and reports where it landed.
+pub async fn publish_raw(
+    args: RawArgs,
+    payload: &[u8],
+    json: bool,
+    out: &mut impl Write,
+) -> Result<(), LoadgenError> {
+    let config = Config::load(args.brokers.as_deref())?;
+    let metrics = BusMetrics::register(&prometheus::Registry::new())?;
+    let producer = Producer::new(&config.kafka, "tocsin-loadgen-raw", metrics)?;
+    let event_id = args
+        .event_id
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let delivery = producer
+        .send(tocsin_bus::Outbound {
+            topic: &args.topic,
+            key: args.key.as_bytes(),
+            payload,
+            content_type: &args.content_type,
+            event_id: &event_id,
+            trace: &tocsin_bus::TraceContext::new_root(),
+        })
+        .await?;
+    if json {
+        let report = serde_json::json!({
+            "topic": args.topic,
+            "partition": delivery.partition,
+            "offset": delivery.offset,
+            "event_id": event_id,
+        });
+        writeln!(out, "{report}")?;
+    } else {
+        writeln!(
+            out,
+            "published {} bytes to {} partition {} offset {} (event-id {event_id})",
+            payload.len(),
+            args.topic,
+            delivery.partition,
+            delivery.offset
+        )?;
+    }
+    Ok(())
 }
 
 async fn probe_lane(args: ProbeArgs, json: bool, out: &mut impl Write) -> Result<(), LoadgenError> {

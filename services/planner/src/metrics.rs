@@ -210,9 +210,69 @@ impl PlannerMetrics {
                     &["campaign", "state"],
                 )?,
             )?,
-        })
+        }
+        .declared())
+    }
+
+    /// Every counter started at zero for every value its labels can take, so that
+    /// dashboards show 0 rather than no data and `increase()` counts the first complaint
+    /// or hard bounce (a series that appears at 1 has no earlier sample to count from).
+    fn declared(self) -> Self {
+        for channel in ["email", "sms"] {
+            self.planned.with_label_values(&[channel]);
+            self.dispatched.with_label_values(&[channel]);
+            for reason in SUPPRESSION_REASONS {
+                self.suppressed.with_label_values(&[channel, reason]);
+            }
+            for kind in FEEDBACK_KINDS {
+                self.feedback_events.with_label_values(&[channel, kind, ""]);
+            }
+            for class in ["hard", "soft"] {
+                self.feedback_events
+                    .with_label_values(&[channel, "bounced", class]);
+            }
+            for outcome in ["sent", "skipped", "suppressed", "expired"] {
+                self.sequence_steps.with_label_values(&[channel, outcome]);
+            }
+        }
+        for reason in ["unsubscribed", "complained", "hard_bounced", "soft_bounced"] {
+            self.feedback_suppressions.with_label_values(&[reason]);
+        }
+        for reason in ["left_trigger", "goal", "unsubscribed", "erased", "retired"] {
+            self.sequence_exits.with_label_values(&[reason]);
+        }
+        self
     }
 }
+
+/// `reason` of `tocsin_planner_recipients_suppressed_total` (`engine::reason_name`).
+const SUPPRESSION_REASONS: [&str; 10] = [
+    "suppression_list",
+    "no_consent",
+    "invalid_address",
+    "frequency_cap",
+    "already_planned",
+    "erased",
+    "unsubscribed",
+    "complained",
+    "hard_bounced",
+    "repeated_soft_bounces",
+];
+
+/// `kind` of `tocsin_planner_feedback_events_total`, bounces apart (they carry a class).
+const FEEDBACK_KINDS: [&str; 11] = [
+    "sent",
+    "delivered",
+    "deferred",
+    "failed",
+    "opened",
+    "clicked",
+    "unsubscribed",
+    "complained",
+    "expired",
+    "cancelled",
+    "resubscribed",
+];
 
 /// The values of `state` in `tocsin_planner_campaign_recipients`.
 const CAMPAIGN_STATES: [&str; 4] = ["total", "planned", "suppressed", "dispatched"];

@@ -50,6 +50,18 @@ impl RendererMetrics {
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(sms_parts.clone()))?;
         registry.register(Box::new(template_loads.clone()))?;
+        // Started at zero, so that dashboards show 0 rather than no data, and increase()
+        // counts the first one (a series that appears at 1 has nothing to count from).
+        for channel in ["email", "sms"] {
+            for lane in ["bulk", "triggered"] {
+                for outcome in ["rendered", "expired", "cancelled"] {
+                    renders.with_label_values(&[channel, lane, outcome]);
+                }
+            }
+        }
+        for encoding in ["gsm7", "ucs2"] {
+            sms_parts.with_label_values(&[encoding]);
+        }
         Ok(RendererMetrics {
             renders,
             duration,

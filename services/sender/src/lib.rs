@@ -160,7 +160,13 @@ pub async fn run(
         metrics,
         shutdown: shutdown.clone(),
     });
+    for channel in [config::ChannelName::Email, config::ChannelName::Sms] {
+        sender.metrics.declare_channel(channel.as_str());
+    }
     for entry in sender.router.entries() {
+        sender
+            .metrics
+            .declare_provider(&entry.name, entry.channel.as_str());
         sender
             .metrics
             .circuit

@@ -1,6 +1,7 @@
 //! The sender's Prometheus metrics. Labels: provider names and channels from configuration,
 //! outcomes from a fixed list; never a campaign, contact or address.
 
+use crate::throttle::Lane;
 use prometheus::{
     HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
 };
@@ -120,4 +121,51 @@ impl SenderMetrics {
             late_reservations,
         })
     }
+
+    /// Starts the counters of a configured provider at zero for every value their labels
+    /// can take (lanes, outcomes, call results), so that dashboards show 0 rather than no
+    /// data, and `increase()` counts the first bounce or error (a series that appears at
+    /// 1 has no earlier sample to count from).
+    pub fn declare_provider(&self, provider: &str, channel: &str) {
+        for lane in [Lane::Bulk, Lane::Triggered] {
+            for outcome in PROVIDER_OUTCOMES {
+                self.messages
+                    .with_label_values(&[provider, channel, lane.label(), outcome]);
+            }
+        }
+        for result in ATTEMPT_RESULTS {
+            self.attempts.with_label_values(&[provider, result]);
+        }
+        for why in RETRY_CAUSES {
+            self.retries.with_label_values(&[provider, why]);
+        }
+        self.late_reservations.with_label_values(&[provider]);
+    }
+
+    /// Like [`Self::declare_provider`], for the messages of `channel` that end before any
+    /// provider is tried (`provider="none"`).
+    pub fn declare_channel(&self, channel: &str) {
+        for lane in [Lane::Bulk, Lane::Triggered] {
+            for outcome in UNROUTED_OUTCOMES {
+                self.messages
+                    .with_label_values(&["none", channel, lane.label(), outcome]);
+            }
+        }
+    }
 }
+
+/// `outcome` of `tocsin_sender_messages_total` for a message a provider was tried for.
+pub const PROVIDER_OUTCOMES: [&str; 4] = ["sent", "bounced", "failed", "expired"];
+/// `outcome` of a message that ended before any provider (`provider="none"`).
+pub const UNROUTED_OUTCOMES: [&str; 6] = [
+    "opted_out",
+    "expired",
+    "cancelled",
+    "already_sent",
+    "no_provider",
+    "failed",
+];
+/// `result` of `tocsin_sender_attempts_total`.
+pub const ATTEMPT_RESULTS: [&str; 4] = ["accepted", "transient", "slow_down", "permanent"];
+/// `why` of `tocsin_sender_retries_total`.
+pub const RETRY_CAUSES: [&str; 2] = ["transient", "slow_down"];

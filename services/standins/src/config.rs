@@ -212,6 +212,10 @@ pub struct Config {
     /// After accepting a Twilio message that names a `StatusCallback`, POST it `sent` then
     /// `delivered`, signed with `X-Twilio-Signature` as Twilio does.
     pub twilio_status_callbacks: bool,
+    /// Share of those messages (0 to 1) whose last callback is `undelivered` instead of
+    /// `delivered`: half with ErrorCode 30005 (unknown handset, a hard bounce), half with
+    /// 30003 (handset unreachable, a soft bounce).
+    pub twilio_undelivered_rate: f64,
     /// How old an `X-Tocsin-Timestamp` the webhook stand-in still accepts (replay window).
     pub webhook_tolerance_s: u64,
 }
@@ -225,6 +229,7 @@ impl Default for Config {
             provider_faults: BTreeMap::new(),
             record: true,
             twilio_status_callbacks: false,
+            twilio_undelivered_rate: 0.0,
             webhook_tolerance_s: 300,
         }
     }

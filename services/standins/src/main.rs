@@ -66,6 +66,14 @@ struct Args {
     /// POST signed `sent` / `delivered` callbacks to each Twilio message's StatusCallback.
     #[arg(long, env = "TOCSIN_STANDINS_TWILIO_STATUS_CALLBACKS")]
     twilio_status_callbacks: bool,
+    /// Share of those callbacks (0 to 1) that end `undelivered` (half 30005, a hard
+    /// bounce; half 30003, a soft one) instead of `delivered`.
+    #[arg(
+        long,
+        env = "TOCSIN_STANDINS_TWILIO_UNDELIVERED_RATE",
+        default_value_t = 0.0
+    )]
+    twilio_undelivered_rate: f64,
     /// Oldest X-Tocsin-Timestamp the webhook accepts, in seconds.
     #[arg(
         long,
@@ -124,6 +132,7 @@ impl Args {
             provider_faults,
             record: !self.no_record,
             twilio_status_callbacks: self.twilio_status_callbacks,
+            twilio_undelivered_rate: self.twilio_undelivered_rate,
             webhook_tolerance_s: self.webhook_tolerance_s,
         }
     }

@@ -18,7 +18,8 @@
 //!
 //! When `twilio_status_callbacks` is on, an accepted message with a `StatusCallback` gets
 //! two callbacks, `sent` then `delivered`, form-encoded and signed with
-//! `X-Twilio-Signature` (see [`twilio_signature`]).
+//! `X-Twilio-Signature` (see [`twilio_signature`]). With `twilio_undelivered_rate`, that
+//! share of messages ends `undelivered` instead, with ErrorCode 30005 or 30003.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +31,7 @@ use axum::response::Response;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, Mac};
+use rand::Rng;
 use serde_json::json;
 use sha1::Sha1;
 
@@ -368,13 +370,33 @@ pub(crate) async fn create_message(
     )
 }
 
-/// Posts `sent` then `delivered` to the message's status callback, signed like Twilio.
+/// The last status of a message, drawn once: `delivered`, or `undelivered` with the
+/// ErrorCode of an unknown handset (hard) or an unreachable one (soft).
+fn final_status(undelivered_rate: f64) -> (&'static str, Option<&'static str>) {
+    let draw: f64 = rand::rng().random();
+    if draw < undelivered_rate / 2.0 {
+        ("undelivered", Some("30005"))
+    } else if draw < undelivered_rate {
+        ("undelivered", Some("30003"))
+    } else {
+        ("delivered", None)
+    }
+}
+
+/// Posts `sent` then the final status (`delivered`, or `undelivered` for the configured
+/// share) to the message's status callback, signed like Twilio.
 async fn status_callbacks(shared: Arc<Shared>, url: String, fields: Vec<(String, String)>) {
-    for status in ["sent", "delivered"] {
+    let (last, error_code) = final_status(shared.twilio_undelivered_rate);
+    for status in ["sent", last] {
         tokio::time::sleep(Duration::from_millis(20)).await;
         let mut params = fields.clone();
         params.push(("MessageStatus".to_owned(), status.to_owned()));
         params.push(("SmsStatus".to_owned(), status.to_owned()));
+        if status == last
+            && let Some(code) = error_code
+        {
+            params.push(("ErrorCode".to_owned(), code.to_owned()));
+        }
         let signature = twilio_signature(&shared.credentials.twilio_auth_token, &url, &params);
         let sent = shared
             .callbacks
@@ -392,6 +414,19 @@ async fn status_callbacks(shared: Arc<Shared>, url: String, fields: Vec<(String,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_undelivered_share_splits_between_hard_and_soft_codes() {
+        for _ in 0..200 {
+            assert_eq!(final_status(0.0), ("delivered", None));
+        }
+        let draws: Vec<_> = (0..2000).map(|_| final_status(1.0)).collect();
+        let hard = draws.iter().filter(|d| d.1 == Some("30005")).count();
+        let soft = draws.iter().filter(|d| d.1 == Some("30003")).count();
+        assert!(draws.iter().all(|d| d.0 == "undelivered"));
+        assert_eq!(hard + soft, 2000);
+        assert!((800..=1200).contains(&hard), "{hard} hard of 2000");
+    }
 
     /// The worked example of Twilio's webhook-security documentation.
     #[test]

@@ -37,7 +37,7 @@ fn counter(
 
 impl TrackerMetrics {
     pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
-        Ok(TrackerMetrics {
+        let metrics = TrackerMetrics {
             webhooks: counter(
                 registry,
                 "tocsin_tracker_webhooks_total",
@@ -80,6 +80,51 @@ impl TrackerMetrics {
                 "Inbound SMS, by the keyword they carried.",
                 &["keyword"],
             )?,
-        })
+        };
+        Ok(metrics.declared())
+    }
+
+    /// Every counter started at zero for every value its labels can take, so that
+    /// dashboards show 0 rather than no data and `increase()` counts the first complaint
+    /// or bounce (a series that appears at 1 has no earlier sample to count from).
+    fn declared(self) -> Self {
+        for provider in ["twilio_status", "twilio_inbound", "sendgrid", "brevo"] {
+            for verdict in ["accepted", "bad_signature", "stale", "invalid", "error"] {
+                self.webhooks.with_label_values(&[provider, verdict]);
+            }
+            for kind in WEBHOOK_KINDS {
+                self.webhook_events.with_label_values(&[provider, kind]);
+            }
+        }
+        for outcome in ["person", "machine", "bad_token", "error"] {
+            self.opens.with_label_values(&[outcome]);
+            self.clicks.with_label_values(&[outcome]);
+        }
+        for source in ["link", "sms"] {
+            for outcome in ["recorded", "bad_token", "invalid", "error"] {
+                self.unsubscribes.with_label_values(&[source, outcome]);
+            }
+        }
+        for rule in ["user_agent", "head", "soon_after_send", "provider"] {
+            self.machine_flags.with_label_values(&[rule]);
+        }
+        for keyword in ["stop", "stopall", "start", "other"] {
+            self.inbound_sms.with_label_values(&[keyword]);
+        }
+        self
     }
 }
+
+/// The feedback kinds a webhook event can become, and `ignored`.
+const WEBHOOK_KINDS: [&str; 10] = [
+    "delivered",
+    "deferred",
+    "bounced",
+    "failed",
+    "complained",
+    "unsubscribed",
+    "resubscribed",
+    "opened",
+    "clicked",
+    "ignored",
+];
