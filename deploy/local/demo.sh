@@ -3,30 +3,42 @@
 #
 #   tocsin-loadgen ──SegmentEvent──▶ tocsin.segments ──▶ tocsin-planner ──SendJob──▶
 #   tocsin-renderer ──▶ tocsin-sender ──▶ SMTP server (.stack/mail/new) and the Twilio
-#   stand-in (tocsin-standins on 127.0.0.1:4010); campaigns scheduled with the `tocsin` CLI
-#   through tocsin-api (127.0.0.1:8080).
+#   stand-in (tocsin-standins on 127.0.0.1:4010), which calls tocsin-tracker
+#   (127.0.0.1:8090) back with each SMS's delivery; campaigns scheduled with the `tocsin`
+#   CLI through tocsin-api (127.0.0.1:8080); Prometheus (127.0.0.1:19090) scraping all.
 #
-#   deploy/local/demo.sh                          2,000 contacts
+#   deploy/local/demo.sh                          10,000 contacts
 #   TOCSIN_DEMO_CONTACTS=300 deploy/local/demo.sh
+#   TOCSIN_DEMO_KEEP=1 deploy/local/demo.sh       keep everything up afterwards
 #
 # Starts the stack if needed (deploy/local/stack.sh up, which installs what is missing),
-# builds the binaries (debug), starts the stand-in and the four services in the
-# background (logs in .stack/demo/*.log; they are stopped when the demo ends, the stack
-# stays up), publishes a fresh segment, uploads the templates of deploy/local/demo/,
-# schedules the two blasts, follows them, waits until every message has reached the SMTP
-# server or the stand-in, and prints a summary. Exits non-zero if anything did not arrive.
+# builds the binaries (debug), starts the stand-in, the five services and Prometheus in
+# the background (logs in .stack/demo/*.log; they are stopped when the demo ends unless
+# TOCSIN_DEMO_KEEP=1, the stack stays up), publishes a fresh segment of French contacts
+# (3 % of them unsubscribed before, some without consent), uploads the templates of
+# deploy/local/demo/, shows a dry run, schedules the two blasts, follows them, waits
+# until every message has reached the SMTP server or the stand-in and its feedback is
+# back, and prints a summary and where to look. Exits non-zero if anything did not arrive.
 #
-# Environment: TOCSIN_DEMO_CONTACTS (2000), TOCSIN_DEMO_SEED (2026: the same people every
-# run), TOCSIN_DEMO_STALL_S (120: give up when nothing moves for this long), and the
-# stack's own (TOCSIN_STACK_DIR, TOCSIN_BROKER_PORT, TOCSIN_REDIS_PORT, TOCSIN_SMTP_PORT,
-# TOCSIN_SMTP_USER, TOCSIN_SMTP_PASSWORD: see stack.sh), passed on to the services.
+# Environment: TOCSIN_DEMO_CONTACTS (10000), TOCSIN_DEMO_SEED (2026: the same people every
+# run), TOCSIN_DEMO_STALL_S (120: give up when nothing moves for this long),
+# TOCSIN_DEMO_KEEP (0), and the stack's own (TOCSIN_STACK_DIR, TOCSIN_BROKER_PORT,
+# TOCSIN_REDIS_PORT, TOCSIN_SMTP_PORT, TOCSIN_SMTP_USER, TOCSIN_SMTP_PASSWORD: see
+# stack.sh), passed on to the services.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 STATE="${TOCSIN_STACK_DIR:-$ROOT/.stack}"
 DEMO="$STATE/demo"
 SAY_AS=demo
-CONTACTS="${TOCSIN_DEMO_CONTACTS:-2000}"
+CONTACTS="${TOCSIN_DEMO_CONTACTS:-10000}"
+KEEP="${TOCSIN_DEMO_KEEP:-0}"
+OPTED_OUT=0.03
+# The demo's Twilio number takes 150 SMS parts a second (a short code's rate): the
+# stand-in refuses more with 429, the sender's budget for it is the same.
+SMS_RATE=150
+STANDIN_ARGS=(--rate-limit "twilio=$SMS_RATE")
+SENDER_ENV=(TOCSIN__SENDER__PROVIDERS__TWILIO_LOCAL__RATE__PER_SECOND="$SMS_RATE")
 SEED="${TOCSIN_DEMO_SEED:-2026}"
 STALL_S="${TOCSIN_DEMO_STALL_S:-120}"
 # shellcheck source=deploy/local/services.sh
@@ -39,6 +51,7 @@ case "$CONTACTS" in '' | *[!0-9]*) die "TOCSIN_DEMO_CONTACTS must be a number, n
 WATCH_S=$((300 + CONTACTS / 50))
 
 start_services
+start_prometheus
 
 # ---------------------------------------------------------------------------------------
 RUN=$(date +%Y%m%d-%H%M%S)
@@ -52,13 +65,20 @@ touch "$RUN_DIR/start"
 
 say "publishing $CONTACTS contacts into segment $SEGMENT (tocsin-loadgen, seed $SEED)"
 env "${stack_env[@]}" "$BIN/tocsin-loadgen" --json contacts --segment "$SEGMENT" --count "$CONTACTS" --seed "$SEED" \
-  --email-tag "$TAG" >"$RUN_DIR/loadgen.json"
+  --email-tag "$TAG" --opted-out "$OPTED_OUT" >"$RUN_DIR/loadgen.json"
 PUBLISHED=$(json "$RUN_DIR/loadgen.json" published)
 PUBLISH_RATE=$(calc "$(json "$RUN_DIR/loadgen.json" events_per_second)" .0f)
 EMAIL_CONSENT=$(json "$RUN_DIR/loadgen.json" tally email_consent)
 SMS_CONSENT=$(json "$RUN_DIR/loadgen.json" tally sms_consent)
-printf '  %s contacts published, %s events/s (%s with e-mail consent, %s with SMS consent)\n' \
+EMAIL_OPTED_OUT=$(json "$RUN_DIR/loadgen.json" tally email_opted_out)
+SMS_OPTED_OUT=$(json "$RUN_DIR/loadgen.json" tally sms_opted_out)
+OVERSEAS=$(json "$RUN_DIR/loadgen.json" tally overseas)
+printf '  %s contacts published, %s events/s: %s with e-mail consent, %s with SMS consent,\n' \
   "$PUBLISHED" "$PUBLISH_RATE" "$EMAIL_CONSENT" "$SMS_CONSENT"
+printf '  %s overseas; of those who consent, %s e-mail addresses and %s numbers unsubscribed before\n' \
+  "$OVERSEAS" "$EMAIL_OPTED_OUT" "$SMS_OPTED_OUT"
+EMAIL_EXPECTED=$((EMAIL_CONSENT - EMAIL_OPTED_OUT))
+SMS_EXPECTED=$((SMS_CONSENT - SMS_OPTED_OUT))
 
 say "waiting for the planner to hold the $CONTACTS members (tocsin segments show)"
 size=0 last=-1 moved=$(date +%s)
@@ -83,11 +103,32 @@ for template in demo-invitation:invitation-email demo-rappel:rappel-sms; do
     "$([ "$warnings" = "[]" ] && echo none || echo "$warnings")"
 done
 
+# The earlier unsubscribes reach the planner's suppression list through tocsin.feedback,
+# as the tracker's do: the dry run shows them once they are all in.
+say "dry run of the e-mail blast, once the $EMAIL_OPTED_OUT earlier e-mail unsubscribes are in"
+dry_run() {
+  tocsin --json campaigns dry-run --name dry-run --segment "$SEGMENT" --channel "$1" --template "$2" \
+    --sender-profile default --quiet-hours none >"$RUN_DIR/dry-run-$1.json" 2>/dev/null
+}
+for channel in email:demo-invitation:$EMAIL_EXPECTED sms:demo-rappel:$SMS_EXPECTED; do
+  IFS=: read -r name template expected <<<"$channel"
+  eligible=-1
+  for _ in $(seq 1 240); do
+    dry_run "$name" "$template" && eligible=$(json "$RUN_DIR/dry-run-$name.json" eligible)
+    [ "$eligible" -eq "$expected" ] && break
+    sleep 0.5
+  done
+  [ "$eligible" -eq "$expected" ] \
+    || die "the $name dry run says $eligible would receive, $expected expected; see $DEMO/planner.log"
+done
+tocsin campaigns dry-run --name dry-run --segment "$SEGMENT" --channel email --template demo-invitation \
+  --sender-profile default --quiet-hours none
+
 T_BLAST=$(now)
-say "scheduling the e-mail blast $EMAIL_CAMPAIGN (e-mail quiet hours: none)"
+say "scheduling the e-mail blast $EMAIL_CAMPAIGN (e-mail quiet hours: none; opens and clicks tracked)"
 tocsin --json campaigns create --id "$EMAIL_CAMPAIGN" --name "Démo meeting en ligne, e-mail ($RUN)" \
   --segment "$SEGMENT" --channel email --template demo-invitation --sender-profile default \
-  --start now --quiet-hours none >"$RUN_DIR/$EMAIL_CAMPAIGN.json"
+  --start now --quiet-hours none --track-opens --track-clicks >"$RUN_DIR/$EMAIL_CAMPAIGN.json"
 echo "  $(json "$RUN_DIR/$EMAIL_CAMPAIGN.json" state), start $(json "$RUN_DIR/$EMAIL_CAMPAIGN.json" startAt)"
 say "scheduling the SMS blast $SMS_CAMPAIGN"
 say "  SMS quiet hours: every day, all day ($SMS_QUIET_HOURS), so that the demo sends whatever"
@@ -120,15 +161,16 @@ run_mail() {
     | { xargs -0 -r grep -lF -- "+$TAG@" || true; } >"$RUN_DIR/mail.txt"
   wc -l <"$RUN_DIR/mail.txt"
 }
-sent_feedback() {
+# feedback CAMPAIGN KIND: how many of the campaign's messages the planner counted as KIND.
+feedback() {
   if tocsin --json campaigns show "$1" >"$RUN_DIR/$1.json" 2>/dev/null; then
-    json "$RUN_DIR/$1.json" counters outcomes sent
+    json "$RUN_DIR/$1.json" counters outcomes "$2"
   else
     echo 0
   fi
 }
-say "waiting for $EMAIL_DISPATCHED e-mails at the SMTP server, $SMS_DISPATCHED SMS at the Twilio stand-in and their feedback"
-mails=0 sms=0 email_sent=0 sms_sent=0 last="" moved=$(date +%s) shown=0
+say "waiting for $EMAIL_DISPATCHED e-mails at the SMTP server, $SMS_DISPATCHED SMS at the Twilio stand-in and their feedback (sent; delivered for SMS)"
+mails=0 sms=0 email_sent=0 sms_sent=0 sms_delivered=0 last="" moved=$(date +%s) shown=0
 T_MAIL=$T_BLAST T_SMS=$T_BLAST
 while :; do
   new_mails=$(run_mail)
@@ -137,9 +179,10 @@ while :; do
     new_sms=$(json "$RUN_DIR/standin-stats.json" twilio accepted)
     [ "$new_sms" = "$sms" ] || { sms=$new_sms; T_SMS=$(now); }
   fi
-  email_sent=$(sent_feedback "$EMAIL_CAMPAIGN")
-  sms_sent=$(sent_feedback "$SMS_CAMPAIGN")
-  progress="e-mails $mails / $EMAIL_DISPATCHED (feedback $email_sent), SMS $sms / $SMS_DISPATCHED (feedback $sms_sent)"
+  email_sent=$(feedback "$EMAIL_CAMPAIGN" sent)
+  sms_sent=$(feedback "$SMS_CAMPAIGN" sent)
+  sms_delivered=$(feedback "$SMS_CAMPAIGN" delivered)
+  progress="e-mails $mails / $EMAIL_DISPATCHED (sent $email_sent), SMS $sms / $SMS_DISPATCHED (sent $sms_sent, delivered $sms_delivered)"
   [ "$progress" = "$last" ] || { last=$progress; moved=$(date +%s); }
   if [ -t 1 ]; then
     printf '\r  %s ' "$progress"
@@ -148,7 +191,8 @@ while :; do
     shown=$(date +%s)
   fi
   [ "$mails" -ge "$EMAIL_DISPATCHED" ] && [ "$sms" -ge "$SMS_DISPATCHED" ] \
-    && [ "$email_sent" -ge "$EMAIL_DISPATCHED" ] && [ "$sms_sent" -ge "$SMS_DISPATCHED" ] && break
+    && [ "$email_sent" -ge "$EMAIL_DISPATCHED" ] && [ "$sms_sent" -ge "$SMS_DISPATCHED" ] \
+    && [ "$sms_delivered" -ge "$SMS_DISPATCHED" ] && break
   if [ $(($(date +%s) - moved)) -ge "$STALL_S" ]; then
     echo
     say "nothing moved for $STALL_S s"
@@ -165,9 +209,15 @@ http_get "http://$STANDIN/_standin/stats" "$RUN_DIR/standin-stats.json"
 sms=$(json "$RUN_DIR/standin-stats.json" twilio accepted)
 sms_parts=$(json "$RUN_DIR/standin-stats.json" twilio parts)
 sms_duplicates=$(json "$RUN_DIR/standin-stats.json" twilio duplicates)
-email_sent=$(sent_feedback "$EMAIL_CAMPAIGN")
-sms_sent=$(sent_feedback "$SMS_CAMPAIGN")
-http_get "http://$SENDER_OPS/metrics" "$RUN_DIR/sender-metrics.txt" || : >"$RUN_DIR/sender-metrics.txt"
+email_sent=$(feedback "$EMAIL_CAMPAIGN" sent)
+sms_sent=$(feedback "$SMS_CAMPAIGN" sent)
+sms_delivered=$(feedback "$SMS_CAMPAIGN" delivered)
+# What each service exposed at the end, kept with the run.
+mkdir -p "$RUN_DIR/metrics"
+for service in planner:$PLANNER_OPS renderer:$RENDERER_OPS sender:$SENDER_OPS tracker:$TRACKER api:$API; do
+  http_get "http://${service#*:}/metrics" "$RUN_DIR/metrics/${service%%:*}.txt" || : >"$RUN_DIR/metrics/${service%%:*}.txt"
+done
+cp "$RUN_DIR/metrics/sender.txt" "$RUN_DIR/sender-metrics.txt"
 
 # DKIM: a sample of this run's messages, checked offline against the demo's public key.
 dkim_line="no message to check"
@@ -241,38 +291,67 @@ row() { printf '  %-37s %s\n' "$1" "$2"; }
 row "contacts published" "$PUBLISHED (segment $SEGMENT, $PUBLISH_RATE events/s)"
 EMAIL_PLANNED=$(json "$EMAIL_FILE" counters planned)
 SMS_PLANNED=$(json "$SMS_FILE" counters planned)
-row "planned" "e-mail $EMAIL_PLANNED, SMS $SMS_PLANNED (consent on record: $EMAIL_CONSENT, $SMS_CONSENT)"
+row "planned" "e-mail $EMAIL_PLANNED, SMS $SMS_PLANNED (consent on record: $EMAIL_CONSENT, $SMS_CONSENT; of whom unsubscribed before: $EMAIL_OPTED_OUT, $SMS_OPTED_OUT)"
 row "suppressed, e-mail" "$(suppressed "$EMAIL_FILE")"
 row "suppressed, SMS" "$(suppressed "$SMS_FILE")"
 row "e-mails received by the SMTP server" "$mails of $EMAIL_DISPATCHED dispatched, in $MAIL_S s ($(calc "$mails / max($MAIL_S, 0.1)" .1f)/s; files in $STATE/mail/new to +$TAG)"
 row "DKIM" "$dkim_line"
-row "SMS accepted by the Twilio stand-in" "$sms of $SMS_DISPATCHED dispatched, $sms_parts parts, $sms_duplicates duplicates, in $SMS_S s ($(calc "$sms_parts / max($SMS_S, 0.1)" .1f) parts/s; $(throttling "$RUN_DIR/sender-metrics.txt"))"
+row "SMS accepted by the Twilio stand-in" "$sms of $SMS_DISPATCHED dispatched, $sms_parts parts, $sms_duplicates duplicates, $(json "$RUN_DIR/standin-stats.json" twilio throttled) refused for its $SMS_RATE parts/s limit, in $SMS_S s ($(calc "$sms_parts / max($SMS_S, 0.1)" .1f) parts/s; $(throttling "$RUN_DIR/sender-metrics.txt"))"
 row "sample e-mail, subject" "${sample_email:-none}"
 row "sample SMS" "${sample_sms:-none}"
 outcomes() {
   python3 - "$1" <<'PY'
 import json, sys
 outcomes = json.load(open(sys.argv[1]))["counters"].get("outcomes") or {}
-others = [f"{k} {v}" for k, v in sorted(outcomes.items()) if v and k != "sent"]
-print(f"sent {outcomes.get('sent', 0)}" + "".join(f", {o}" for o in others))
+shown = ("sent", "delivered", "failed")
+others = [f"{k} {v}" for k, v in sorted(outcomes.items()) if v and k not in shown]
+print(", ".join(f"{k} {outcomes.get(k, 0)}" for k in shown) + "".join(f", {o}" for o in others))
 PY
 }
 row "feedback, as the planner counted it" "e-mail: $(outcomes "$EMAIL_FILE"); SMS: $(outcomes "$SMS_FILE")"
 row "blast" "$BLAST_S s from scheduling to the last message, $(calc "($mails + $sms) / max($BLAST_S, 0.1)" .1f) messages/s"
 row "whole demo" "$TOTAL_S s (stack, build and start-up included)"
+http_get "http://$PROMETHEUS/api/v1/alerts" "$RUN_DIR/alerts.json" || echo '{"data":{"alerts":[]}}' >"$RUN_DIR/alerts.json"
+alerts() {
+  python3 - "$1" <<'PY'
+import json, sys
+alerts = json.load(open(sys.argv[1]))["data"]["alerts"]
+states = sorted(a["labels"]["alertname"] + " " + a["state"] for a in alerts)
+print(", ".join(states) or "none pending or firing")
+PY
+}
+row "alerts (Prometheus)" "$(alerts "$RUN_DIR/alerts.json")"
+
+echo
+say "where to look"
+row "the e-mails" "$STATE/mail/new (this run's: addressed to +$TAG), e.g. $(head -n 1 "$RUN_DIR/mail.txt")"
+row "the SMS" "http://$STANDIN/_standin/messages?provider=twilio (the stand-in's record)"
+row "metrics at the end" "$RUN_DIR/metrics/{planner,renderer,sender,tracker,api}.txt"
+row "metrics, live" "http://$PLANNER_OPS/metrics, $RENDERER_OPS, $SENDER_OPS, $TRACKER, $API (while up)"
+row "Prometheus" "http://$PROMETHEUS/graph and /alerts (while up; rules from deploy/prometheus/alerts.yml)"
+row "dashboards" "deploy/grafana/dashboards/{pipeline,providers,deliverability}.json: import into Grafana with this Prometheus as the data source (deploy/docker-compose.yml provisions them)"
+row "logs" "$DEMO/{standins,planner,renderer,sender,tracker,api,prometheus}.log"
 
 status=0
-# Every generated address is valid and unique: exactly the consenting contacts are planned.
-[ "$EMAIL_PLANNED" -eq "$EMAIL_CONSENT" ] || { say "e-mail: $EMAIL_PLANNED planned, $EMAIL_CONSENT consent"; status=1; }
-[ "$SMS_PLANNED" -eq "$SMS_CONSENT" ] || { say "SMS: $SMS_PLANNED planned, $SMS_CONSENT consent"; status=1; }
+# Every generated address is valid and unique: exactly the consenting contacts who did not
+# unsubscribe before are planned.
+[ "$EMAIL_PLANNED" -eq "$EMAIL_EXPECTED" ] || { say "e-mail: $EMAIL_PLANNED planned, $EMAIL_EXPECTED expected"; status=1; }
+[ "$SMS_PLANNED" -eq "$SMS_EXPECTED" ] || { say "SMS: $SMS_PLANNED planned, $SMS_EXPECTED expected"; status=1; }
 [ "$mails" -eq "$EMAIL_DISPATCHED" ] || { say "e-mails: $mails received, $EMAIL_DISPATCHED expected"; status=1; }
 [ "$sms" -eq "$SMS_DISPATCHED" ] || { say "SMS: $sms accepted, $SMS_DISPATCHED expected"; status=1; }
 [ "$sms_duplicates" -eq 0 ] || { say "SMS: $sms_duplicates sent twice"; status=1; }
 [ "$email_sent" -eq "$EMAIL_DISPATCHED" ] || { say "feedback: $email_sent e-mails sent, $EMAIL_DISPATCHED expected"; status=1; }
 [ "$sms_sent" -eq "$SMS_DISPATCHED" ] || { say "feedback: $sms_sent SMS sent, $SMS_DISPATCHED expected"; status=1; }
+[ "$sms_delivered" -eq "$SMS_DISPATCHED" ] || { say "feedback: $sms_delivered SMS delivered, $SMS_DISPATCHED expected"; status=1; }
 case "$dkim_line" in FAILED*) status=1 ;; esac
 if [ "$status" -ne 0 ]; then
-  say "something did not arrive: see $DEMO/{planner,renderer,sender,api,standins}.log"
-  exit 1
+  say "something did not arrive: see $DEMO/{planner,renderer,sender,tracker,api,standins}.log"
 fi
-say "every message arrived, and its feedback"
+if [ "$status" -eq 0 ]; then
+  say "every message arrived, and its feedback"
+fi
+if [ "$KEEP" = 1 ]; then
+  say "TOCSIN_DEMO_KEEP=1: the services, the stand-in and Prometheus stay up; Ctrl-C stops them"
+  while :; do sleep 3600 & wait $!; done
+fi
+exit "$status"

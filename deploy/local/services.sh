@@ -7,7 +7,8 @@
 # Source it after setting DEMO (the log folder) and SAY_AS (the prefix of messages); then
 # `start_services` builds the binaries (debug) and starts everything, checking that no
 # other process holds the ports. STANDIN_ARGS (an array, empty by default) adds flags to
-# the stand-in (faults: `tocsin-standins --help`).
+# the stand-in (faults: `tocsin-standins --help`); SENDER_ENV (an array of NAME=value)
+# adds configuration to the sender only. `start_prometheus` then starts Prometheus.
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
@@ -74,6 +75,7 @@ stack_env=()
 PIDS=()
 NAMES=()
 declare -p STANDIN_ARGS >/dev/null 2>&1 || STANDIN_ARGS=()
+declare -p SENDER_ENV >/dev/null 2>&1 || SENDER_ENV=()
 stop_all() {
   local i pid
   for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
@@ -156,7 +158,7 @@ start_services() {
   start renderer env "${stack_env[@]}" TOCSIN_CONFIG=config/local/renderer.toml TOCSIN__HTTP__LISTEN="$RENDERER_OPS" \
     "$BIN/tocsin-renderer"
   wait_ready renderer "http://$RENDERER_OPS/readyz"
-  sender_env=(TOCSIN_CONFIG=config/local/sender.toml TOCSIN__HTTP__LISTEN="$SENDER_OPS")
+  sender_env=(TOCSIN_CONFIG=config/local/sender.toml TOCSIN__HTTP__LISTEN="$SENDER_OPS" "${SENDER_ENV[@]}")
   if [ "$STATE" != "$ROOT/.stack" ]; then
     sender_env+=(TOCSIN__SENDER__PROVIDERS__SMTP_LOCAL__API__CA_FILE="$STATE/smtp/ca.pem")
   fi
@@ -183,4 +185,53 @@ start_services() {
   start api env "${stack_env[@]}" TOCSIN_CONFIG=config/local/api.toml TOCSIN__HTTP__LISTEN="$API" "$BIN/tocsin-api"
   wait_ready api "http://$API/readyz"
   say "all ready after $(since "$T0") s"
+}
+
+# start_prometheus: Debian's Prometheus on $PROMETHEUS, with the jobs of
+# deploy/prometheus/prometheus.yml (local addresses instead of the compose network's) and
+# the repository's rules unchanged, scraping every service and evaluating every rule each
+# second; data in $DEMO/prometheus. Returns once every target has been scraped.
+PROMETHEUS="127.0.0.1:19090"
+start_prometheus() {
+  command -v prometheus >/dev/null && command -v promtool >/dev/null \
+    || die "prometheus and promtool are missing: deploy/local/stack.sh install installs Debian's package"
+  port_open "$PROMETHEUS" && die "$PROMETHEUS is in use; stop what listens there (ss -ltnp 'sport = :${PROMETHEUS#*:}')"
+  say "Prometheus on $PROMETHEUS, scraping every service each second"
+  PROM_DIR="$DEMO/prometheus"
+  rm -rf "$PROM_DIR"
+  mkdir -p "$PROM_DIR"
+  local -A targets=(
+    [tocsin-planner]="$PLANNER_OPS" [tocsin-renderer]="$RENDERER_OPS" [tocsin-sender]="$SENDER_OPS"
+    [tocsin-tracker]="$TRACKER" [tocsin-api]="$API" [prometheus]="$PROMETHEUS"
+  )
+  local jobs job scraped=0
+  jobs=$(grep -oE 'job_name: *[a-z-]+' deploy/prometheus/prometheus.yml | sed 's/job_name: *//' | sort)
+  [ "$jobs" = "$(printf '%s\n' "${!targets[@]}" | sort)" ] \
+    || die "deploy/prometheus/prometheus.yml's jobs ($(echo $jobs)) are not the ones started here"
+  cp deploy/prometheus/alerts.yml "$PROM_DIR/alerts.yml"
+  {
+    printf 'global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n'
+    printf 'rule_files:\n  - alerts.yml\nscrape_configs:\n'
+    for job in $jobs; do
+      printf '  - job_name: %s\n    static_configs:\n      - targets: ["%s"]\n' "$job" "${targets[$job]}"
+    done
+  } >"$PROM_DIR/prometheus.yml"
+  promtool check config "$PROM_DIR/prometheus.yml" >"$PROM_DIR/check.log" 2>&1 \
+    || { cat "$PROM_DIR/check.log"; die "promtool check config"; }
+  promtool check rules deploy/prometheus/alerts.yml >>"$PROM_DIR/check.log" 2>&1 \
+    || { cat "$PROM_DIR/check.log"; die "promtool check rules"; }
+  start prometheus prometheus --config.file="$PROM_DIR/prometheus.yml" \
+    --storage.tsdb.path="$PROM_DIR/data" --web.listen-address="$PROMETHEUS" \
+    --web.console.templates=/dev/null --web.console.libraries=/dev/null
+  wait_ready prometheus "http://$PROMETHEUS/-/ready"
+  # Its first scrapes come a few seconds after it is ready (target discovery is batched
+  # every 5 s): return once every target has been scraped, so that every counter's first
+  # sample predates what the caller does next.
+  for _ in $(seq 1 100); do
+    http_get "http://$PROMETHEUS/api/v1/query?query=count(up%3D%3D1)" "$PROM_DIR/up.json" \
+      && scraped=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["data"]["result"]; print(r[0]["value"][1] if r else 0)' "$PROM_DIR/up.json")
+    [ "$scraped" -ge "${#targets[@]}" ] && return 0
+    sleep 0.2
+  done
+  die "Prometheus scraped $scraped of ${#targets[@]} targets in 20 s; see $DEMO/prometheus.log"
 }

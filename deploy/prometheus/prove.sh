@@ -33,7 +33,6 @@ STATE="${TOCSIN_STACK_DIR:-$ROOT/.stack}"
 DEMO="$STATE/prove"
 SAY_AS=prove
 CONTACTS="${TOCSIN_PROVE_CONTACTS:-1200}"
-PROMETHEUS="127.0.0.1:19090"
 STANDIN_ARGS=(--error-rate 0.08 --throttle-rate 0.03 --twilio-undelivered-rate 0.15)
 # shellcheck source=deploy/local/services.sh
 source "$ROOT/deploy/local/services.sh"
@@ -41,52 +40,13 @@ source "$ROOT/deploy/local/services.sh"
 T0=$(now)
 command -v prometheus >/dev/null && command -v promtool >/dev/null \
   || die "prometheus and promtool are missing: deploy/local/stack.sh install installs Debian's package"
-port_open "$PROMETHEUS" && die "$PROMETHEUS is in use; stop what listens there (ss -ltnp 'sport = :${PROMETHEUS#*:}')"
 
 rm -rf "$DEMO"
 mkdir -p "$DEMO"
 start_services
 
 # ---------------------------------------------------------------------------------------
-say "Prometheus on $PROMETHEUS, scraping every service each second"
-PROM_DIR="$DEMO/prometheus"
-mkdir -p "$PROM_DIR"
-# The jobs of deploy/prometheus/prometheus.yml, with the local addresses instead of the
-# compose network's; the repository's rules, unchanged.
-declare -A TARGETS=(
-  [tocsin-planner]="$PLANNER_OPS" [tocsin-renderer]="$RENDERER_OPS" [tocsin-sender]="$SENDER_OPS"
-  [tocsin-tracker]="$TRACKER" [tocsin-api]="$API" [prometheus]="$PROMETHEUS"
-)
-jobs=$(grep -oE 'job_name: *[a-z-]+' deploy/prometheus/prometheus.yml | sed 's/job_name: *//' | sort)
-[ "$jobs" = "$(printf '%s\n' "${!TARGETS[@]}" | sort)" ] \
-  || die "deploy/prometheus/prometheus.yml's jobs ($(echo $jobs)) are not the ones this proof scrapes"
-cp deploy/prometheus/alerts.yml "$PROM_DIR/alerts.yml"
-{
-  printf 'global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n'
-  printf 'rule_files:\n  - alerts.yml\nscrape_configs:\n'
-  for job in $jobs; do
-    printf '  - job_name: %s\n    static_configs:\n      - targets: ["%s"]\n' "$job" "${TARGETS[$job]}"
-  done
-} >"$PROM_DIR/prometheus.yml"
-promtool check config "$PROM_DIR/prometheus.yml" >"$PROM_DIR/check.log" 2>&1 \
-  || { cat "$PROM_DIR/check.log"; die "promtool check config"; }
-promtool check rules deploy/prometheus/alerts.yml >>"$PROM_DIR/check.log" 2>&1 \
-  || { cat "$PROM_DIR/check.log"; die "promtool check rules"; }
-start prometheus prometheus --config.file="$PROM_DIR/prometheus.yml" \
-  --storage.tsdb.path="$PROM_DIR/data" --web.listen-address="$PROMETHEUS" \
-  --web.console.templates=/dev/null --web.console.libraries=/dev/null
-wait_ready prometheus "http://$PROMETHEUS/-/ready"
-# Its first scrapes come a few seconds after it is ready (target discovery is batched every
-# 5 s): the run starts once every service has been scraped, so that every counter's first
-# sample is from before the traffic.
-scraped=0
-for _ in $(seq 1 100); do
-  http_get "http://$PROMETHEUS/api/v1/query?query=count(up%3D%3D1)" "$PROM_DIR/up.json" \
-    && scraped=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["data"]["result"]; print(r[0]["value"][1] if r else 0)' "$PROM_DIR/up.json")
-  [ "$scraped" -ge "${#TARGETS[@]}" ] && break
-  sleep 0.2
-done
-[ "$scraped" -ge "${#TARGETS[@]}" ] || die "Prometheus scraped $scraped of ${#TARGETS[@]} targets in 20 s; see $DEMO/prometheus.log"
+start_prometheus
 
 # ---------------------------------------------------------------------------------------
 RUN=$(date +%Y%m%d-%H%M%S)

@@ -33,6 +33,8 @@ pub const NO_EMAIL_CONSENT: f64 = 0.05;
 pub const NO_SMS_CONSENT: f64 = 0.05;
 /// Share of contacts who gave consent and later withdrew it (both channels).
 pub const WITHDRAWN: f64 = 0.02;
+/// Separates the opt-out draw from the contact's own random stream.
+const OPT_OUT_STREAM: u64 = 0x6f70_745f_6f75_7421;
 
 /// Consents are given between these instants (2023-01-01 and 2026-05-01, UTC), and
 /// withdrawn at most six months later, so that the data does not depend on the day it is
@@ -53,7 +55,7 @@ const LOCAL_PART_MAX: usize = 64;
 pub const EMAIL_TAG_MAX: usize = 24;
 
 /// Why the generator cannot be built.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum OptionsError {
     #[error(
         "--id-prefix {0:?}: use 1 to 100 letters, digits, '.', '_', ':' or '-' (contact ids travel in Redis keys)"
@@ -65,6 +67,8 @@ pub enum OptionsError {
         "--email-tag {0:?}: use 1 to {EMAIL_TAG_MAX} lower-case letters, digits, '.', '_' or '-'"
     )]
     EmailTag(String),
+    #[error("--opted-out {0}: a share, from 0 to 1")]
+    OptedOut(f64),
 }
 
 /// What makes one population of contacts.
@@ -104,6 +108,22 @@ impl Generator {
             options,
             metropolitan: Weighted::by_population(data::METROPOLITAN_COMMUNES),
             overseas: Weighted::by_population(data::OVERSEAS_COMMUNES),
+        })
+    }
+
+    /// Whether contact `index` is on the opt-out list (it unsubscribed before this run),
+    /// and for which channel: a `share` of the contacts, half e-mail, half SMS, drawn
+    /// from the seed and the index alone (independent of the contact's other fields).
+    pub fn opted_out(&self, index: u64, share: f64) -> Option<v1::Channel> {
+        let draw = mix(self.options.seed ^ OPT_OUT_STREAM, index);
+        let unit = (draw >> 11) as f64 / (1u64 << 53) as f64;
+        if unit >= share {
+            return None;
+        }
+        Some(if draw & 1 == 0 {
+            v1::Channel::Email
+        } else {
+            v1::Channel::Sms
         })
     }
 
@@ -320,6 +340,11 @@ pub struct Tally {
     pub withdrawn: u64,
     /// Living outside metropolitan France (another time zone).
     pub overseas: u64,
+    /// On the opt-out list for e-mail while consenting to it: the planner suppresses
+    /// these (`unsubscribed`) instead of planning them.
+    pub email_opted_out: u64,
+    /// The same for SMS.
+    pub sms_opted_out: u64,
 }
 
 impl Tally {
@@ -335,6 +360,17 @@ impl Tally {
             .any(|c| c.status == v1::ConsentStatus::Withdrawn as i32);
         self.withdrawn += u64::from(withdrawn);
         self.overseas += u64::from(contact.time_zone != "Europe/Paris");
+    }
+
+    /// Counts `contact`'s opt-out from `channel`, where it changes what the planner does.
+    pub fn opted_out(&mut self, contact: &v1::Contact, channel: v1::Channel) {
+        if !has_consent(contact, channel) {
+            return;
+        }
+        match channel {
+            v1::Channel::Sms => self.sms_opted_out += 1,
+            _ => self.email_opted_out += 1,
+        }
     }
 }
 
@@ -358,6 +394,60 @@ mod tests {
             email_tag: tag.map(str::to_owned),
         })
         .expect("valid options")
+    }
+
+    #[test]
+    fn the_opt_out_list_takes_its_share_half_per_channel_and_is_deterministic() {
+        let g = generator(11, None);
+        let n = 100_000u64;
+        let draws: Vec<_> = (0..n).map(|i| g.opted_out(i, 0.03)).collect();
+        let email = draws
+            .iter()
+            .filter(|d| **d == Some(v1::Channel::Email))
+            .count() as f64;
+        let sms = draws
+            .iter()
+            .filter(|d| **d == Some(v1::Channel::Sms))
+            .count() as f64;
+        assert!(
+            ((email + sms) / n as f64 - 0.03).abs() < 0.003,
+            "{email} + {sms}"
+        );
+        assert!(
+            (email / (email + sms) - 0.5).abs() < 0.05,
+            "{email} / {sms}"
+        );
+        assert_eq!(
+            draws[..50],
+            (0..50).map(|i| g.opted_out(i, 0.03)).collect::<Vec<_>>()
+        );
+        assert!((0..1000).all(|i| g.opted_out(i, 0.0).is_none()));
+        assert!((0..1000).all(|i| g.opted_out(i, 1.0).is_some()));
+        // The draw does not disturb the contact itself.
+        let now = Timestamp {
+            seconds: 1_800_000_000,
+            nanos: 0,
+        };
+        assert_eq!(generator(11, None).contact(7, now), g.contact(7, now));
+    }
+
+    #[test]
+    fn the_tally_counts_an_opt_out_only_where_there_was_consent() {
+        let g = generator(5, None);
+        let now = Timestamp {
+            seconds: 1_800_000_000,
+            nanos: 0,
+        };
+        let mut tally = Tally::default();
+        let mut expected = 0;
+        for i in 0..2000 {
+            let contact = g.contact(i, now);
+            expected += u64::from(has_consent(&contact, v1::Channel::Sms));
+            tally.opted_out(&contact, v1::Channel::Sms);
+        }
+        assert_eq!(tally.sms_opted_out, expected);
+        assert!(expected < 2000, "some contacts have no SMS consent");
+        assert_eq!(tally.email_opted_out, 0);
     }
 
     fn contacts(g: &Generator, n: u64) -> Vec<v1::Contact> {

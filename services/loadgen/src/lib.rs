@@ -131,6 +131,11 @@ pub struct ContactsArgs {
     /// Produces awaiting the broker's acknowledgement, at most.
     #[arg(long, default_value_t = 5000)]
     pub in_flight: usize,
+    /// Share of the contacts (0 to 1) who unsubscribed before this run, half from e-mail,
+    /// half from SMS: their addresses go to `tocsin.feedback` as `Feedback(unsubscribed)`,
+    /// so the planner suppresses them.
+    #[arg(long, default_value_t = 0.0)]
+    pub opted_out: f64,
 }
 
 /// Phone numbers are unique below this many contacts.
@@ -277,10 +282,14 @@ async fn publish_contacts(
         id_prefix: args.id_prefix.unwrap_or_else(|| args.segment.clone()),
         email_tag: args.email_tag,
     })?;
+    if !(0.0..=1.0).contains(&args.opted_out) {
+        return Err(OptionsError::OptedOut(args.opted_out).into());
+    }
     let config = Config::load(args.brokers.as_deref())?;
     let topic = config.kafka.topics.segments.clone();
-    // Tansu creates no topic on first use: make it if no service has yet.
-    tocsin_bus::admin::ensure_topics(&config.kafka, &[&topic]).await?;
+    let feedback = config.kafka.topics.feedback.clone();
+    // Tansu creates no topic on first use: make them if no service has yet.
+    tocsin_bus::admin::ensure_topics(&config.kafka, &[&topic, &feedback]).await?;
     let metrics = BusMetrics::register(&prometheus::Registry::new())?;
     let producer = Producer::new(&config.kafka, "tocsin-loadgen", metrics)?;
     let plan = Plan {
@@ -288,6 +297,8 @@ async fn publish_contacts(
         segment: args.segment,
         count: args.count,
         in_flight: args.in_flight,
+        opted_out_share: args.opted_out,
+        feedback_topic: feedback.name,
     };
     let report = publish::contacts(&producer, &generator, &plan, |p| {
         if json {
@@ -315,8 +326,8 @@ async fn publish_contacts(
     )?;
     writeln!(
         out,
-        "  e-mail consent {}, SMS consent {}, withdrawn {}, overseas {}",
-        t.email_consent, t.sms_consent, t.withdrawn, t.overseas
+        "  e-mail consent {}, SMS consent {}, withdrawn {}, overseas {}, opted out (with consent) e-mail {}, SMS {}",
+        t.email_consent, t.sms_consent, t.withdrawn, t.overseas, t.email_opted_out, t.sms_opted_out
     )?;
     Ok(())
 }

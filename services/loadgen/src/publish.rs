@@ -23,6 +23,11 @@ pub struct Plan {
     pub count: u64,
     /// Produces awaiting the broker's acknowledgement, at most.
     pub in_flight: usize,
+    /// The share of contacts already on the opt-out list ([`Generator::opted_out`]): for
+    /// each, a `Feedback(unsubscribed)` naming the address goes to `feedback_topic`, as
+    /// the tracker publishes one when someone unsubscribes.
+    pub opted_out_share: f64,
+    pub feedback_topic: String,
 }
 
 /// How a run went.
@@ -58,6 +63,12 @@ pub async fn contacts(
         let now = tocsin_contracts::timestamp_now();
         let contact = generator.contact(index, now);
         tally.add(&contact);
+        let opt_out = generator
+            .opted_out(index, plan.opted_out_share)
+            .map(|channel| {
+                tally.opted_out(&contact, channel);
+                opt_out_feedback(&contact, channel, now)
+            });
         let event_id = uuid::Uuid::now_v7().to_string();
         let event = v1::SegmentEvent {
             meta: Some(v1::EventMeta {
@@ -73,6 +84,18 @@ pub async fn contacts(
         };
         let trace = &trace;
         async move {
+            if let Some(feedback) = opt_out {
+                let id = feedback.meta.as_ref().map(|m| m.event_id.as_str());
+                producer
+                    .publish(
+                        &plan.feedback_topic,
+                        &feedback.address,
+                        id.unwrap_or_default(),
+                        &feedback,
+                        trace,
+                    )
+                    .await?;
+            }
             producer
                 .publish(&plan.topic, &event.contact_id, &event_id, &event, trace)
                 .await
@@ -105,4 +128,36 @@ pub async fn contacts(
         },
         tally,
     })
+}
+
+/// The unsubscribe `contact` made from `channel` before this run, by address (as a list of
+/// opted-out addresses imported from elsewhere would carry no contact id).
+fn opt_out_feedback(
+    contact: &v1::Contact,
+    channel: v1::Channel,
+    now: tocsin_contracts::Timestamp,
+) -> v1::Feedback {
+    let address = match channel {
+        v1::Channel::Sms => contact.phone_e164.clone(),
+        _ => contact.email.clone(),
+    };
+    let channel_name = if channel == v1::Channel::Sms {
+        "sms"
+    } else {
+        "email"
+    };
+    v1::Feedback {
+        meta: Some(v1::EventMeta {
+            event_id: format!("loadgen:opted-out:{}:{channel_name}", contact.id),
+            occurred_at: Some(now),
+            source: "loadgen".to_owned(),
+        }),
+        kind: v1::FeedbackKind::Unsubscribed.into(),
+        channel: channel.into(),
+        reason: v1::Reason::Unsubscribed.into(),
+        opt_out_scope: v1::OptOutScope::Channel.into(),
+        detail: "opted out before this run (synthetic history)".to_owned(),
+        address,
+        ..Default::default()
+    }
 }

@@ -27,6 +27,8 @@ async fn every_contact_arrives_once_keyed_by_its_id() {
         count: COUNT,
         // Far below the count: the bound is exercised.
         in_flight: 64,
+        opted_out_share: 0.0,
+        feedback_topic: bus.topics().feedback.name.clone(),
     };
     let report = publish::contacts(&bus.producer, &generator, &plan, |_| {})
         .await
