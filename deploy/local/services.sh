@@ -132,11 +132,20 @@ start_services() {
     fi
   done
 
-  say "cargo build --locked --bins"
-  cargo build --locked --bins
+  # BUILD=release (set by the caller) builds and runs the optimised binaries.
+  BUILD="${BUILD:-debug}"
+  local profile=()
+  [ "$BUILD" = debug ] || profile=(--release)
+  # TOCSIN_BUILT=1: the caller built the binaries already (the test command builds every
+  # target at once; `--bins` alone unifies dependency features differently and would
+  # rebuild much of the tree).
+  if [ "${TOCSIN_BUILT:-0}" != 1 ]; then
+    say "cargo build --locked --bins ${profile[*]}"
+    cargo build --locked --bins "${profile[@]}"
+  fi
   TARGET_DIR=$(cargo metadata --format-version 1 --no-deps --locked \
     | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
-  BIN="$TARGET_DIR/debug"
+  BIN="$TARGET_DIR/$BUILD"
   tocsin() { "$BIN/tocsin" "$@"; }
 
   mkdir -p "$DEMO"
@@ -158,22 +167,31 @@ start_services() {
   start renderer env "${stack_env[@]}" TOCSIN_CONFIG=config/local/renderer.toml TOCSIN__HTTP__LISTEN="$RENDERER_OPS" \
     "$BIN/tocsin-renderer"
   wait_ready renderer "http://$RENDERER_OPS/readyz"
-  sender_env=(TOCSIN_CONFIG=config/local/sender.toml TOCSIN__HTTP__LISTEN="$SENDER_OPS" "${SENDER_ENV[@]}")
+  sender_env=(TOCSIN_CONFIG=config/local/sender.toml)
   if [ "$STATE" != "$ROOT/.stack" ]; then
     sender_env+=(TOCSIN__SENDER__PROVIDERS__SMTP_LOCAL__API__CA_FILE="$STATE/smtp/ca.pem")
   fi
   [ -z "${TOCSIN_SMTP_PORT:-}" ] || sender_env+=(TOCSIN__SENDER__PROVIDERS__SMTP_LOCAL__API__PORT="$TOCSIN_SMTP_PORT")
   [ -z "${TOCSIN_SMTP_USER:-}" ] || sender_env+=(TOCSIN__SENDER__PROVIDERS__SMTP_LOCAL__API__USERNAME="$TOCSIN_SMTP_USER")
+  sender_env+=("${SENDER_ENV[@]}")
   # The secrets are exported in the sender's own process only, never on a command line.
   run_sender() {
     export TOCSIN__SENDER__PROVIDERS__SMTP_LOCAL__API__PASSWORD="$SMTP_PASSWORD"
     TOCSIN__SENDER__PROVIDERS__SMTP_LOCAL__API__DKIM__PRIVATE_KEY=$(cat "$DKIM_KEY")
     export TOCSIN__SENDER__PROVIDERS__SMTP_LOCAL__API__DKIM__PRIVATE_KEY
     export TOCSIN__SENDER__PROVIDERS__TWILIO_LOCAL__API__AUTH_TOKEN="$TWILIO_AUTH_TOKEN"
-    exec env "${stack_env[@]}" "${sender_env[@]}" "$BIN/tocsin-sender"
+    exec env "${stack_env[@]}" "${sender_env[@]}" TOCSIN__HTTP__LISTEN="$1" "$BIN/tocsin-sender"
   }
-  start sender run_sender
-  wait_ready sender "http://$SENDER_OPS/readyz"
+  # SENDERS instances (1 by default) share the budgets through Redis; the first on
+  # $SENDER_OPS, the others on the next ports.
+  SENDER_OPS_ALL=()
+  local i ops
+  for ((i = 0; i < ${SENDERS:-1}; i++)); do
+    ops="${SENDER_OPS%:*}:$((${SENDER_OPS#*:} + i * 10))"
+    SENDER_OPS_ALL+=("$ops")
+    start "sender$([ "$i" -eq 0 ] || echo "-$((i + 1))")" run_sender "$ops"
+    wait_ready sender "http://$ops/readyz"
+  done
   run_tracker() {
     export TOCSIN__TRACKER__TWILIO__AUTH_TOKEN="$TWILIO_AUTH_TOKEN"
     export TOCSIN__TRACKER__BREVO__BEARER_TOKEN="$BREVO_WEBHOOK_TOKEN"

@@ -216,7 +216,7 @@ test_suite() {
     TOCSIN_SMTP_USER="$SMTP_USER" TOCSIN_SMTP_PASSWORD="$SMTP_PASSWORD" \
     cargo nextest run --workspace --locked --no-fail-fast
   say "dashboards and alerts against a real Prometheus, during a blast"
-  TOCSIN_STACK_DIR="$STATE" deploy/prometheus/prove.sh
+  TOCSIN_STACK_DIR="$STATE" TOCSIN_BUILT=1 deploy/prometheus/prove.sh
 }
 
 case "${1:-}" in

@@ -93,7 +93,7 @@ pub struct TopicSpec {
 
 impl KafkaConfig {
     /// Settings shared by producers, consumers and admin clients.
-    pub(crate) fn client_config(&self, client_id: &str) -> ClientConfig {
+    pub fn client_config(&self, client_id: &str) -> ClientConfig {
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", &self.brokers)

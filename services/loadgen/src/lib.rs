@@ -19,12 +19,18 @@
 //!   in-flight produces, and the throughput.
 //! - [`probe`]: the triggered lane's latency: contacts entering a sequence's trigger one
 //!   at a time, each timed until a provider accepted its first message.
+//! - [`follow`]: one blast followed through the bus to its last provider hand-off:
+//!   per-stage throughput, planning-to-hand-off latency, duplicates, losses, lag.
+//! - [`ceiling`]: the broker's own throughput for the same hops and record sizes, with no
+//!   processing: the ceiling the pipeline's throughput is compared with.
 //! - `tests/publish.rs`: on the local stack's broker, every contact arrives once, keyed by
 //!   its id, exactly as generated.
 
+pub mod ceiling;
 pub mod config;
 pub mod contacts;
 pub mod data;
+pub mod follow;
 pub mod probe;
 pub mod publish;
 
@@ -64,6 +70,57 @@ pub enum Command {
     /// checking what a consumer does with a record it cannot read (it goes to the
     /// dead-letter topic with the reason) and for replaying a record by hand.
     Raw(RawArgs),
+    /// Follow one blast through the bus until every expected recipient's message has
+    /// ended (sent, or failed...): start it before scheduling the blast, it writes
+    /// READY_FILE once it listens. Prints the blast's measurements.
+    Follow(FollowArgs),
+    /// The broker's ceiling: COUNT records through the same three hops as the pipeline,
+    /// of the given sizes, with no processing. Prints records per second.
+    Ceiling(CeilingArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FollowArgs {
+    #[arg(long)]
+    pub campaign: String,
+    /// Recipients whose message must end (sent or not) before the report.
+    #[arg(long)]
+    pub expected: u64,
+    /// Stage topics in order; the first one's records mark the planning time.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "tocsin.jobs,tocsin.outbound.email"
+    )]
+    pub stages: Vec<String>,
+    /// Give up when no message ended for this long.
+    #[arg(long, default_value_t = 120)]
+    pub stall_s: u64,
+    /// A service's `/metrics` URL, scraped every second for consumer lag; repeatable.
+    #[arg(long)]
+    pub metrics: Vec<String>,
+    /// Written (empty) once the follower is assigned to the end of every topic.
+    #[arg(long)]
+    pub ready_file: Option<std::path::PathBuf>,
+    #[arg(long)]
+    pub brokers: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CeilingArgs {
+    #[arg(long)]
+    pub count: u64,
+    /// Payload bytes of each hop, in order, e.g. `700,2400,350`.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub sizes: Vec<usize>,
+    /// Partitions of each hop's topic; the jobs topic's by default.
+    #[arg(long)]
+    pub partitions: Option<i32>,
+    /// Produces awaiting acknowledgement, per stage.
+    #[arg(long, default_value_t = 256)]
+    pub in_flight: usize,
+    #[arg(long)]
+    pub brokers: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -165,12 +222,102 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> Result<(), LoadgenError> {
     match cli.command {
         Command::Contacts(args) => publish_contacts(args, cli.json, out).await,
         Command::Probe(args) => probe_lane(args, cli.json, out).await,
+        Command::Follow(args) => follow_blast(args, cli.json, out).await,
+        Command::Ceiling(args) => measure_ceiling(args, cli.json, out).await,
         Command::Raw(args) => {
             let mut payload = Vec::new();
             std::io::Read::read_to_end(&mut std::io::stdin(), &mut payload)?;
             publish_raw(args, &payload, cli.json, out).await
         }
     }
+}
+
+async fn follow_blast(
+    args: FollowArgs,
+    json: bool,
+    out: &mut impl Write,
+) -> Result<(), LoadgenError> {
+    let config = Config::load(args.brokers.as_deref())?;
+    let follower = follow::Follower::assign(follow::Follow {
+        brokers: config.kafka.brokers.clone(),
+        stages: args.stages,
+        feedback_topic: config.kafka.topics.feedback.name.clone(),
+        campaign: args.campaign,
+        expected: args.expected,
+        stall: std::time::Duration::from_secs(args.stall_s),
+        metrics: args.metrics,
+    })
+    .map_err(LoadgenError::Probe)?;
+    if let Some(path) = &args.ready_file {
+        std::fs::write(path, b"")?;
+    }
+    let report = follower
+        .run(|done, expected| {
+            if !json {
+                eprintln!("  {done} / {expected} ended");
+            }
+        })
+        .await
+        .map_err(LoadgenError::Probe)?;
+    if json {
+        writeln!(out, "{}", serde_json::to_string(&report)?)?;
+    } else {
+        writeln!(
+            out,
+            "{} sent, {} not sent, {} missing, {} sent twice; {:.0} sent/s; planning to hand-off p50 {:.0} ms, p99 {:.0} ms",
+            report.sent,
+            report.not_sent,
+            report.missing,
+            report.sent_twice,
+            report.sent_per_second,
+            report.latency_p50_ms,
+            report.latency_p99_ms
+        )?;
+    }
+    Ok(())
+}
+
+async fn measure_ceiling(
+    args: CeilingArgs,
+    json: bool,
+    out: &mut impl Write,
+) -> Result<(), LoadgenError> {
+    let config = Config::load(args.brokers.as_deref())?;
+    let report = ceiling::run(&ceiling::Ceiling {
+        partitions: args
+            .partitions
+            .unwrap_or(config.kafka.topics.jobs.partitions),
+        kafka: config.kafka,
+        count: args.count,
+        sizes: args.sizes,
+        in_flight: args.in_flight,
+        run: run_id(),
+    })
+    .await
+    .map_err(LoadgenError::Probe)?;
+    if json {
+        writeln!(out, "{}", serde_json::to_string(&report)?)?;
+    } else {
+        writeln!(
+            out,
+            "{} records through {} hops ({:?} bytes) in {:.2} s: {:.0} records/s",
+            report.count,
+            report.sizes.len(),
+            report.sizes,
+            report.seconds,
+            report.per_second
+        )?;
+    }
+    Ok(())
+}
+
+/// Names one run's contacts, groups and topics: the time in milliseconds, in hex.
+fn run_id() -> String {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    format!("{ms:x}")
 }
 
 /// Publishes `payload` as one record of `args.topic`, and reports where it landed.
@@ -223,13 +370,7 @@ async fn probe_lane(args: ProbeArgs, json: bool, out: &mut impl Write) -> Result
     tocsin_bus::admin::ensure_topics(&config.kafka, &[&topics.segments, &topics.feedback]).await?;
     let metrics = BusMetrics::register(&prometheus::Registry::new())?;
     let producer = Producer::new(&config.kafka, "tocsin-loadgen-probe", metrics)?;
-    let run = format!(
-        "{:x}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or(0)
-    );
+    let run = run_id();
     let report = probe::run(
         &producer,
         &probe::Probe {

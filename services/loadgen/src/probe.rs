@@ -50,6 +50,18 @@ fn epoch_ms(t: SystemTime) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// A `tocsin.feedback` record's event, decoded by its content type; `None` if unreadable.
+pub(crate) fn feedback_of(message: &impl Message) -> Option<v1::Feedback> {
+    use rdkafka::message::Headers;
+    let content_type = message.headers().and_then(|h| {
+        h.iter()
+            .find(|h| h.key == tocsin_bus::headers::CONTENT_TYPE)
+            .and_then(|h| h.value)
+            .and_then(|v| std::str::from_utf8(v).ok())
+    });
+    tocsin_contracts::codec::decode::<v1::Feedback>(content_type, message.payload()?).ok()
+}
+
 /// The value below which `q` of the sorted sample lies (nearest rank).
 pub fn percentile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
@@ -155,17 +167,7 @@ pub async fn run(producer: &Producer, probe: &Probe) -> Result<LatencyReport, St
             continue;
         };
         let message = message.map_err(|e| e.to_string())?;
-        let Some(payload) = message.payload() else {
-            continue;
-        };
-        let content_type = message.headers().and_then(|h| {
-            use rdkafka::message::Headers;
-            h.iter()
-                .find(|h| h.key == tocsin_bus::headers::CONTENT_TYPE)
-                .and_then(|h| h.value)
-                .and_then(|v| std::str::from_utf8(v).ok())
-        });
-        let Ok(f) = tocsin_contracts::codec::decode::<v1::Feedback>(content_type, payload) else {
+        let Some(f) = feedback_of(&message) else {
             continue;
         };
         if f.kind() != v1::FeedbackKind::Sent || f.sequence_id != probe.sequence || f.step != 1 {
