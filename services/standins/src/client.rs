@@ -1,9 +1,9 @@
 //! A stand-in server started in-process, and the read-back side of its control API: what
 //! tests and load tests use to see what "the provider" received.
 
-use std::collections::BTreeMap;
+use std::net::SocketAddr;
 
-use crate::{Config, Provider, ProviderStats, Recorded, StartError};
+use crate::{Config, Provider, ProviderStats, Recorded, SmtpStats, StartError};
 
 /// A running stand-in on a loopback port. Dropping it does not stop the server task; the
 /// test's runtime does.
@@ -12,6 +12,8 @@ pub struct Running {
     /// `http://127.0.0.1:PORT`: the base URL providers are configured with.
     pub base: String,
     pub http: reqwest::Client,
+    /// The SMTP sink's address, when the config asked for one (`smtp_listen`).
+    pub smtp: Option<SocketAddr>,
     _task: tokio::task::JoinHandle<()>,
 }
 
@@ -27,11 +29,12 @@ pub enum ClientError {
 
 impl Running {
     pub async fn start(config: Config) -> Result<Self, ClientError> {
-        let (addr, task) = crate::spawn(config).await?;
+        let spawned = crate::spawn(config).await?;
         Ok(Running {
-            base: format!("http://{addr}"),
+            base: format!("http://{}", spawned.addr),
             http: reqwest::Client::new(),
-            _task: task,
+            smtp: spawned.smtp_addr,
+            _task: spawned.task,
         })
     }
 
@@ -47,9 +50,13 @@ impl Running {
             .await?)
     }
 
-    /// A provider's counters.
-    pub async fn stats(&self, api: Provider) -> Result<ProviderStats, ClientError> {
-        let all: BTreeMap<Provider, ProviderStats> = self
+    /// One entry of `GET /_standin/stats`: a provider's, or `smtp`. Read as loose JSON
+    /// so that a key this client does not know never breaks it.
+    async fn stats_of<T: serde::de::DeserializeOwned + Default>(
+        &self,
+        key: &str,
+    ) -> Result<T, ClientError> {
+        let mut all: serde_json::Map<String, serde_json::Value> = self
             .http
             .get(format!("{}/_standin/stats", self.base))
             .send()
@@ -57,7 +64,31 @@ impl Running {
             .error_for_status()?
             .json()
             .await?;
-        Ok(all.get(&api).cloned().unwrap_or_default())
+        match all.remove(key) {
+            Some(entry) => serde_json::from_value(entry)
+                .map_err(|e| ClientError::Refused(format!("stats of {key}: {e}"))),
+            None => Ok(T::default()),
+        }
+    }
+
+    /// A provider's counters.
+    pub async fn stats(&self, api: Provider) -> Result<ProviderStats, ClientError> {
+        self.stats_of(api.as_str()).await
+    }
+
+    /// The SMTP sink's counters.
+    pub async fn smtp_stats(&self) -> Result<SmtpStats, ClientError> {
+        self.stats_of("smtp").await
+    }
+
+    /// Forgets messages, counters and seen keys of every stand-in and of the SMTP sink.
+    pub async fn reset(&self) -> Result<(), ClientError> {
+        self.http
+            .post(format!("{}/_standin/reset", self.base))
+            .send()
+            .await?
+            .error_for_status()?;
+        Ok(())
     }
 
     /// Replaces a provider's faults (fields left out take their defaults).

@@ -1,5 +1,5 @@
 //! What a stand-in server is started with: the credentials it accepts, the faults it
-//! injects per provider, whether it records what it accepts.
+//! injects per provider, whether it records what it accepts, whether it runs the SMTP sink.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -218,6 +218,9 @@ pub struct Config {
     pub twilio_undelivered_rate: f64,
     /// How old an `X-Tocsin-Timestamp` the webhook stand-in still accepts (replay window).
     pub webhook_tolerance_s: u64,
+    /// Where the SMTP sink listens (plain SMTP, no TLS: for loopback load tests); none by
+    /// default. `127.0.0.1:0` picks a free port, which `spawn` reports.
+    pub smtp_listen: Option<SocketAddr>,
 }
 
 impl Default for Config {
@@ -231,6 +234,7 @@ impl Default for Config {
             twilio_status_callbacks: false,
             twilio_undelivered_rate: 0.0,
             webhook_tolerance_s: 300,
+            smtp_listen: None,
         }
     }
 }

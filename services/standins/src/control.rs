@@ -4,12 +4,13 @@
 //! |---|---|
 //! | `GET /_standin/health` | `200 ok` once listening |
 //! | `GET /_standin/messages?provider=twilio&key=K` | the accepted messages ([`Recorded`](crate::Recorded)), both filters optional |
-//! | `GET /_standin/stats` | per provider: accepted, duplicates, parts, rejected by kind |
-//! | `POST /_standin/reset` | forgets messages, counters, seen keys and rate-limit state (faults stay) |
+//! | `GET /_standin/stats` | per provider: accepted, duplicates, parts, rejected by kind; under `smtp`, the SMTP sink's [`SmtpStats`] |
+//! | `POST /_standin/reset` | forgets messages, counters, seen keys and rate-limit state, the SMTP sink's included (faults stay) |
 //! | `GET /_standin/faults` | the faults in force, per provider |
 //! | `POST /_standin/faults` | replaces every provider's faults with the posted [`Faults`] |
 //! | `POST /_standin/faults/{provider}` | replaces one provider's faults |
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Json;
@@ -17,10 +18,12 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::config::{Faults, Provider};
+use crate::smtp::SmtpStats;
+use crate::state::ProviderStats;
 use crate::state::State as Shared;
 
 #[derive(Debug, Deserialize)]
@@ -41,8 +44,21 @@ pub(crate) async fn messages(
     Json(shared.messages(query.provider, query.key.as_deref())).into_response()
 }
 
+/// The body of `GET /_standin/stats`: one key per provider, as before the SMTP sink
+/// existed, and `smtp` beside them.
+#[derive(Debug, Serialize)]
+struct Stats {
+    #[serde(flatten)]
+    providers: BTreeMap<Provider, ProviderStats>,
+    smtp: SmtpStats,
+}
+
 pub(crate) async fn stats(State(shared): State<Arc<Shared>>) -> Response {
-    Json(shared.stats()).into_response()
+    Json(Stats {
+        providers: shared.stats(),
+        smtp: shared.smtp.stats(),
+    })
+    .into_response()
 }
 
 pub(crate) async fn reset(State(shared): State<Arc<Shared>>) -> StatusCode {

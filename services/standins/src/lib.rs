@@ -1,7 +1,8 @@
 //! Stand-ins for the providers Tocsin sends through: one HTTP server, on one port, that
 //! speaks Twilio's, SendGrid's and Brevo's documented APIs on their real paths, and the
-//! generic webhook's contract. For tests (in-process, [`spawn`]) and for the local stack and
-//! load tests (the `tocsin-standins` binary).
+//! generic webhook's contract; and, when [`Config::smtp_listen`] is set, an SMTP sink on a
+//! second port for load tests of the SMTP provider. For tests (in-process, [`spawn`]) and
+//! for the local stack and load tests (the `tocsin-standins` binary).
 //!
 //! Each stand-in checks credentials the way its provider does (a wrong key gets the
 //! provider's own 401 body), validates the request shape (a missing field gets the
@@ -19,7 +20,8 @@
 //! | Brevo SMS | `POST /v3/transactionalSMS/send` (current), `POST /v3/transactionalSMS/sms` (deprecated) |
 //! | webhook | `POST /webhook` |
 //!
-//! and the control API under `/_standin` (see [`control`]).
+//! and the control API under `/_standin` (see [`control`]), which also shows and resets
+//! the SMTP sink's counters.
 //!
 //! # Default credentials
 //!
@@ -40,6 +42,8 @@
 //!   provider behaviour it reproduces.
 //! - [`control`]: `/_standin/messages`, `/stats`, `/reset`, `/faults`.
 //! - `sms`: SMS parts as providers count them; `ids`: provider-shaped ids.
+//! - `smtp`: the SMTP sink (plain ESMTP on tokio, no TLS): counts messages, recipients and
+//!   bytes, finds duplicate Message-IDs, keeps no message.
 
 pub mod client;
 pub mod config;
@@ -50,12 +54,13 @@ mod faults;
 mod ids;
 mod sendgrid;
 mod sms;
+mod smtp;
 mod state;
 mod twilio;
 mod webhook;
 mod wire;
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -71,6 +76,7 @@ pub use config::{
 };
 pub use sendgrid::RESERVED_HEADERS as SENDGRID_RESERVED_HEADERS;
 pub use sms::parts as sms_parts;
+pub use smtp::{MAX_MESSAGE_BYTES as SMTP_MAX_MESSAGE_BYTES, SmtpStats};
 pub use state::{ProviderStats, Recorded, RejectedStats};
 pub use twilio::twilio_signature;
 pub use webhook::webhook_signature;
@@ -92,11 +98,15 @@ pub enum StartError {
     Serve(#[source] std::io::Error),
 }
 
-/// The routes of every stand-in and of the control API, over a fresh state.
+/// The routes of every stand-in and of the control API, over a fresh state (without the
+/// SMTP sink, which needs a listener of its own: see [`serve`] and [`spawn`]).
 pub fn router(config: &Config) -> Result<Router, StartError> {
     config.validate()?;
-    let shared = Arc::new(state::State::new(config)?);
-    Ok(Router::new()
+    Ok(routes(Arc::new(state::State::new(config)?)))
+}
+
+fn routes(shared: Arc<state::State>) -> Router {
+    Router::new()
         .route(
             "/2010-04-01/Accounts/{account_sid}/Messages.json",
             post(twilio::create_message),
@@ -118,41 +128,90 @@ pub fn router(config: &Config) -> Result<Router, StartError> {
             "/_standin/faults/{provider}",
             post(control::set_provider_faults),
         )
-        .with_state(shared))
+        .with_state(shared)
 }
 
-/// Serves the stand-ins on `listener` until `shutdown` completes.
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
+    let bind_error = |source| StartError::Bind { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
+    let bound = listener.local_addr().map_err(bind_error)?;
+    Ok((listener, bound))
+}
+
+/// Serves the HTTP stand-ins on `http` and, when given, the SMTP sink on `smtp`, over one
+/// state, until `shutdown` completes (the SMTP connections end with the HTTP server).
+async fn run(
+    http: TcpListener,
+    smtp: Option<TcpListener>,
+    shared: Arc<state::State>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let server = axum::serve(http, routes(Arc::clone(&shared)))
+        .with_graceful_shutdown(shutdown)
+        .into_future();
+    let Some(smtp) = smtp else {
+        return server.await.map_err(StartError::Serve);
+    };
+    tokio::select! {
+        served = server => served.map_err(StartError::Serve),
+        never = smtp::serve(smtp, shared) => match never {},
+    }
+}
+
+/// Serves the stand-ins on `listener` until `shutdown` completes, and the SMTP sink on
+/// `config.smtp_listen` when set (bound here, since `listener` only covers HTTP).
 pub async fn serve(
     listener: TcpListener,
     config: &Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
-    let app = router(config)?;
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(StartError::Serve)
+    config.validate()?;
+    let shared = Arc::new(state::State::new(config)?);
+    let smtp = match config.smtp_listen {
+        Some(addr) => {
+            let (listener, bound) = bind(addr).await?;
+            tracing::info!(addr = %bound, "SMTP sink listening");
+            Some(listener)
+        }
+        None => None,
+    };
+    run(listener, smtp, shared, shutdown).await
 }
 
-/// Starts the stand-ins on `config.listen` (`127.0.0.1:0` for a free port) in the current
-/// runtime, and returns the address they listen on and the server's task (abort it to
-/// stop them, or let the runtime end).
-pub async fn spawn(config: Config) -> Result<(SocketAddr, JoinHandle<()>), StartError> {
-    let app = router(&config)?;
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| StartError::Bind {
-        addr: config.listen,
-        source,
-    })?;
-    let handle = tokio::spawn(async move {
-        if let Err(err) = axum::serve(listener, app).await {
+/// A stand-in server started by [`spawn`].
+#[derive(Debug)]
+pub struct Spawned {
+    /// The HTTP address of the stand-ins and of the control API.
+    pub addr: SocketAddr,
+    /// The SMTP sink's address, when [`Config::smtp_listen`] asked for one.
+    pub smtp_addr: Option<SocketAddr>,
+    /// The servers' task: abort it to stop them (SMTP connections included), or let the
+    /// runtime end.
+    pub task: JoinHandle<()>,
+}
+
+/// Starts the stand-ins on `config.listen` (`127.0.0.1:0` for a free port), and the SMTP
+/// sink on `config.smtp_listen` when set, in the current runtime, and returns the
+/// addresses they listen on and their task.
+pub async fn spawn(config: Config) -> Result<Spawned, StartError> {
+    config.validate()?;
+    let shared = Arc::new(state::State::new(&config)?);
+    let (http, addr) = bind(config.listen).await?;
+    let (smtp, smtp_addr) = match config.smtp_listen {
+        Some(wanted) => {
+            let (listener, bound) = bind(wanted).await?;
+            (Some(listener), Some(bound))
+        }
+        None => (None, None),
+    };
+    let task = tokio::spawn(async move {
+        if let Err(err) = run(http, smtp, shared, std::future::pending()).await {
             tracing::error!(error = %err, "stand-in server stopped");
         }
     });
-    Ok((addr, handle))
+    Ok(Spawned {
+        addr,
+        smtp_addr,
+        task,
+    })
 }

@@ -11,12 +11,16 @@ use tocsin_standins::{Config, Credentials, Faults, Provider};
 #[derive(Debug, Parser)]
 #[command(
     name = "tocsin-standins",
-    about = "Local stand-ins for Twilio, SendGrid, Brevo and the generic webhook."
+    about = "Local stand-ins for Twilio, SendGrid, Brevo and the generic webhook, and an SMTP sink."
 )]
 struct Args {
     /// Address to listen on (loopback only for tests and load tests).
     #[arg(long, env = "TOCSIN_STANDINS_LISTEN", default_value = "127.0.0.1:4010")]
     listen: SocketAddr,
+    /// Also run the SMTP sink on this address (plain SMTP, no TLS: loopback load tests); it
+    /// counts messages and duplicate Message-IDs, shown under `smtp` in /_standin/stats.
+    #[arg(long, env = "TOCSIN_STANDINS_SMTP_LISTEN")]
+    smtp_listen: Option<SocketAddr>,
 
     /// Twilio Account SID accepted (Basic-auth user and path segment).
     #[arg(long, env = "TOCSIN_STANDINS_TWILIO_ACCOUNT_SID", default_value = tocsin_standins::DEFAULT_TWILIO_ACCOUNT_SID)]
@@ -134,6 +138,7 @@ impl Args {
             twilio_status_callbacks: self.twilio_status_callbacks,
             twilio_undelivered_rate: self.twilio_undelivered_rate,
             webhook_tolerance_s: self.webhook_tolerance_s,
+            smtp_listen: self.smtp_listen,
         }
     }
 }
@@ -204,11 +209,21 @@ mod tests {
         .expect("valid flags");
         let config = args.config();
         assert_eq!(config.listen, SocketAddr::from(([127, 0, 0, 1], 4999)));
+        assert_eq!(config.smtp_listen, None);
         assert!(!config.record);
         assert_eq!(config.faults.error_rate, 0.2);
         assert_eq!(config.faults_for(Provider::Twilio).rate_limit, Some(10.0));
         assert_eq!(config.faults_for(Provider::Twilio).error_rate, 0.2);
         assert_eq!(config.faults_for(Provider::SendGrid).rate_limit, None);
         assert!(parse_rate_limit("mailgun=3").is_err());
+
+        let with_smtp =
+            Args::try_parse_from(["tocsin-standins", "--smtp-listen", "127.0.0.1:2526"])
+                .expect("valid flags")
+                .config();
+        assert_eq!(
+            with_smtp.smtp_listen,
+            Some(SocketAddr::from(([127, 0, 0, 1], 2526)))
+        );
     }
 }

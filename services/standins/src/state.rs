@@ -1,5 +1,6 @@
 //! What a running stand-in keeps: the faults in force, the counters, the set of idempotency
-//! keys already accepted, and (when recording) every accepted message.
+//! keys already accepted, (when recording) every accepted message, and the SMTP sink's
+//! counters.
 //!
 //! Sized for load tests of a million messages: counters are atomics, a seen key costs 16
 //! bytes (the first half of its SHA-256), and records can be switched off.
@@ -13,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::config::{Config, Credentials, Faults, Provider};
+use crate::smtp::Sink;
 
 /// Why a request was not accepted; one counter each in [`ProviderStats::rejected`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -211,17 +213,20 @@ pub(crate) struct State {
     seen: [Mutex<HashSet<u128>>; 5],
     brevo_keys: Mutex<HashMap<u128, Instant>>,
     records: Mutex<Vec<Recorded>>,
+    /// The SMTP sink's counters and seen Message-IDs, here so that the control API shows
+    /// and resets them with the rest.
+    pub(crate) smtp: Sink,
 }
 
 /// A poisoned lock only means a handler panicked while holding it; the data (counters,
 /// sets, a list) is still consistent enough for a test double, so keep serving.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The 16 bytes a seen key is kept as.
-fn fingerprint(key: &str) -> u128 {
-    let digest = Sha256::digest(key.as_bytes());
+/// The 16 bytes a seen key (or an SMTP Message-ID) is kept as.
+pub(crate) fn fingerprint(key: impl AsRef<[u8]>) -> u128 {
+    let digest = Sha256::digest(key.as_ref());
     let mut first = [0u8; 16];
     first.copy_from_slice(&digest[..16]);
     u128::from_be_bytes(first)
@@ -246,6 +251,7 @@ impl State {
             seen: Provider::ALL.map(|_| Mutex::new(HashSet::new())),
             brevo_keys: Mutex::new(HashMap::new()),
             records: Mutex::new(Vec::new()),
+            smtp: Sink::default(),
         })
     }
 
@@ -340,7 +346,8 @@ impl State {
             .collect()
     }
 
-    /// Forgets messages, counters, seen keys and rate-limit state; the faults stay.
+    /// Forgets messages, counters, seen keys and rate-limit state, the SMTP sink's
+    /// included; the faults stay.
     pub(crate) fn reset(&self) {
         for p in Provider::ALL {
             self.counters[p.index()].reset();
@@ -349,6 +356,7 @@ impl State {
         }
         lock(&self.brevo_keys).clear();
         lock(&self.records).clear();
+        self.smtp.reset();
     }
 }
 
