@@ -20,8 +20,10 @@
 #    .stack/loadtests/runs/. Exits non-zero on any loss or duplicate.
 #
 # Environment: TOCSIN_LOAD_RELEASE=1 builds and runs the release binaries (the figures
-# worth comparing; the first release build takes a while), and the stack's variables
-# (see deploy/local/stack.sh).
+# worth comparing; the first release build takes a while); TOCSIN_LOAD_PROFILE=1 records
+# the whole machine with `perf` during the blast (every process, 499 samples a second)
+# and keeps the hottest functions per process in the run's folder (profile.txt); and the
+# stack's variables (see deploy/local/stack.sh).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -51,6 +53,13 @@ source "$ROOT/deploy/local/services.sh"
 
 T0=$(now)
 mkdir -p "$DEMO"
+# A fresh broker (memory storage) for every run: runs stay comparable, and a run starts
+# with no consumer group's history. After a three-sender run, the next run's single
+# sender was given no partition of its topic for the whole two minutes it waited (Tansu
+# 0.6's group coordination after members left; not investigated further).
+say "a fresh broker for the run"
+deploy/local/stack.sh down >/dev/null
+TOCSIN_BROKER_STORAGE=memory deploy/local/stack.sh up >/dev/null
 start_services
 RUN=$(date +%Y%m%d-%H%M%S)
 RUN_DIR="$DEMO/runs/$SCENARIO_NAME-$RUN"
@@ -93,6 +102,11 @@ say "scheduling $CAMPAIGN: $EXPECTED recipients with $CHANNEL consent"
 tocsin --json campaigns create --id "$CAMPAIGN" --name "Charge $SCENARIO_NAME" --segment "$SEGMENT" \
   --channel "$CHANNEL" --template "load-$CHANNEL" --sender-profile default --start now \
   --quiet-hours "$QUIET" >"$RUN_DIR/campaign.json"
+if [ "${TOCSIN_LOAD_PROFILE:-0}" = 1 ]; then
+  command -v perf >/dev/null || die "TOCSIN_LOAD_PROFILE=1 needs perf (Debian: linux-perf)"
+  perf record -F 499 -a -o "$RUN_DIR/perf.data" >"$RUN_DIR/perf.log" 2>&1 &
+  PERF=$!
+fi
 if [ "$PROBES" -gt 0 ]; then
   tocsin --json templates upload lane-welcome --file deploy/local/demo/invitation-email.json >/dev/null
   tocsin --json sequences show lane-probe >/dev/null 2>&1 || tocsin sequences create --file loadtests/scenarios/lane-probe.toml >/dev/null
@@ -110,6 +124,20 @@ while kill -0 "$FOLLOWER" 2>/dev/null; do
   sleep 1
 done
 wait "$FOLLOWER" || die "the follower failed; see $RUN_DIR/follow.log"
+if [ -n "${PERF:-}" ]; then
+  kill -INT "$PERF" 2>/dev/null || true
+  wait "$PERF" || true
+  # Where the machine's time went during the blast: share of all samples per process and
+  # function (the services, the broker, Redis, the stand-ins and the follower alike).
+  report() {
+    perf report -i "$RUN_DIR/perf.data" --stdio --no-children --sort "$1" --percent-limit "$2" 2>/dev/null \
+      | grep -v "^#" | grep -v "^$" | sed -E "s/ {2,}/  /g" | cut -c1-150 | head -n "$3"
+  }
+  { echo "by binary:"; report comm,dso 1 20; echo "by function:"; report dso,symbol 0.4 60; } \
+    >"$RUN_DIR/profile.txt" || true
+  say "profile: $RUN_DIR/profile.txt"
+  head -n 25 "$RUN_DIR/profile.txt"
+fi
 [ -z "${PROBER:-}" ] || wait "$PROBER" || say "some probes did not arrive: see $RUN_DIR/probes.json"
 
 # Peak resident memory of each service (VmHWM: the high-water mark since it started).

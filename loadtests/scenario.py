@@ -79,10 +79,12 @@ def report(path):
     print(f"  ({r['date']}, commit {r['commit']}, {r['build']} build, {r['machine']})")
     row("recipients", f"{r['contacts']:,} contacts, {blast['expected']:,} with consent")
     row("published into tocsin.segments", f"{r['published_per_second']:,.0f} events/s")
-    row("end to end (first job to last hand-off)", f"{blast['sent_per_second']:,.0f} messages/s, {(blast['last_sent_ms'] - blast['first_job_ms']) / 1000:.1f} s")
+    span = max(blast["last_sent_ms"] - blast["first_job_ms"], 0) / 1000 if blast["last_sent_ms"] else 0
+    row("end to end (first job to last hand-off)", f"{blast['sent_per_second']:,.0f} messages/s, {span:.1f} s")
     for stage in blast["stages"] + [blast["feedback"]]:
         row(f"  {stage['topic']}", f"{stage['records']:,} records, {stage['per_second']:,.0f}/s, {stage['mean_bytes']:,.0f} bytes each")
-    row("planning to hand-off", f"p50 {blast['latency_p50_ms']:,.0f} ms, p90 {blast['latency_p90_ms']:,.0f} ms, p99 {blast['latency_p99_ms']:,.0f} ms, max {blast['latency_max_ms']:,.0f} ms")
+    ms = lambda v: "-" if v is None else f"{v:,.0f} ms"
+    row("planning to hand-off", f"p50 {ms(blast['latency_p50_ms'])}, p90 {ms(blast['latency_p90_ms'])}, p99 {ms(blast['latency_p99_ms'])}, max {ms(blast['latency_max_ms'])}")
     row("largest lag per group", ", ".join(f"{g} {n:,}" for g, n in sorted(blast["max_lag"].items())) or "none seen")
     row("peak RSS", ", ".join(f"{n} {mb:.0f} MB" for n, mb in r["peak_rss_mb"].items()))
     row("sent / not sent / missing", f"{blast['sent']:,} / {blast['not_sent']:,} / {blast['missing']:,}")

@@ -84,11 +84,18 @@ pub async fn run(ceiling: &Ceiling) -> Result<CeilingReport, String> {
         Ok(c)
     };
 
+    // Every consumer joins its group before the clock starts, as the services' consumers
+    // have long joined theirs when a blast starts.
+    let mut consumers = Vec::new();
+    for hop in 0..topics.len() {
+        consumers.push(joined(consumer(hop)?).await?);
+    }
+    let mut consumers = consumers.into_iter();
     let started = Instant::now();
     let mut tasks = Vec::new();
     // The relays: hop i's records become hop i+1's.
-    for (hop, (topic, size)) in topics.iter().zip(&ceiling.sizes).enumerate().skip(1) {
-        let source = consumer(hop - 1)?;
+    for (topic, size) in topics.iter().zip(&ceiling.sizes).skip(1) {
+        let source = consumers.next().ok_or("a consumer per hop")?;
         let producer = producer.clone();
         let target = topic.name.clone();
         let payload = vec![b'x'; *size];
@@ -134,7 +141,7 @@ pub async fn run(ceiling: &Ceiling) -> Result<CeilingReport, String> {
     }
     // The reader at the end of the chain.
     let reader = {
-        let last = consumer(topics.len() - 1)?;
+        let last = consumers.next().ok_or("a consumer per hop")?;
         let count = ceiling.count;
         tokio::spawn(async move {
             let mut read = 0u64;
@@ -187,6 +194,22 @@ pub async fn run(ceiling: &Ceiling) -> Result<CeilingReport, String> {
         seconds,
         per_second: ceiling.count as f64 / seconds.max(f64::EPSILON),
     })
+}
+
+/// `consumer` once the group has given it partitions (waiting for records meanwhile: the
+/// topics are empty, nothing is lost).
+async fn joined(consumer: StreamConsumer) -> Result<StreamConsumer, String> {
+    let by = Instant::now() + Duration::from_secs(60);
+    while consumer.assignment().map(|a| a.count()).unwrap_or(0) == 0 {
+        if Instant::now() > by {
+            return Err("no partition assigned after 60 s".into());
+        }
+        if let Ok(Err(e)) = tokio::time::timeout(Duration::from_millis(100), consumer.recv()).await
+        {
+            return Err(e.to_string());
+        }
+    }
+    Ok(consumer)
 }
 
 /// Best effort: a broker that cannot delete topics keeps them (they are small).

@@ -229,11 +229,12 @@ impl Follower {
             }
             let ending = match f.kind() {
                 v1::FeedbackKind::Sent => true,
+                // Not `Suppressed`: the planner reports those recipients at fan-out, and
+                // they were never expected.
                 v1::FeedbackKind::Failed
                 | v1::FeedbackKind::Bounced
                 | v1::FeedbackKind::Expired
-                | v1::FeedbackKind::Cancelled
-                | v1::FeedbackKind::Suppressed => false,
+                | v1::FeedbackKind::Cancelled => false,
                 _ => continue,
             };
             feedback.add(at_ms, bytes);

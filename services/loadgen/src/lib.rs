@@ -252,11 +252,7 @@ async fn follow_blast(
         std::fs::write(path, b"")?;
     }
     let report = follower
-        .run(|done, expected| {
-            if !json {
-                eprintln!("  {done} / {expected} ended");
-            }
-        })
+        .run(|done, expected| eprintln!("{done} / {expected} ended"))
         .await
         .map_err(LoadgenError::Probe)?;
     if json {

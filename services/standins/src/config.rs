@@ -221,6 +221,10 @@ pub struct Config {
     /// Where the SMTP sink listens (plain SMTP, no TLS: for loopback load tests); none by
     /// default. `127.0.0.1:0` picks a free port, which `spawn` reports.
     pub smtp_listen: Option<SocketAddr>,
+    /// Acknowledge each message's data at once instead of after the kernel's delayed-ACK
+    /// timer. Off by default, like a real relay: a client that writes a message in two
+    /// writes without `TCP_NODELAY` then waits 40 ms per message, as it would in production.
+    pub smtp_quick_ack: bool,
 }
 
 impl Default for Config {
@@ -235,6 +239,7 @@ impl Default for Config {
             twilio_undelivered_rate: 0.0,
             webhook_tolerance_s: 300,
             smtp_listen: None,
+            smtp_quick_ack: false,
         }
     }
 }

@@ -21,6 +21,9 @@ struct Args {
     /// counts messages and duplicate Message-IDs, shown under `smtp` in /_standin/stats.
     #[arg(long, env = "TOCSIN_STANDINS_SMTP_LISTEN")]
     smtp_listen: Option<SocketAddr>,
+    /// Acknowledge each SMTP message at once (TCP_QUICKACK) instead of like a real relay.
+    #[arg(long, env = "TOCSIN_STANDINS_SMTP_QUICK_ACK")]
+    smtp_quick_ack: bool,
 
     /// Twilio Account SID accepted (Basic-auth user and path segment).
     #[arg(long, env = "TOCSIN_STANDINS_TWILIO_ACCOUNT_SID", default_value = tocsin_standins::DEFAULT_TWILIO_ACCOUNT_SID)]
@@ -139,6 +142,7 @@ impl Args {
             twilio_undelivered_rate: self.twilio_undelivered_rate,
             webhook_tolerance_s: self.webhook_tolerance_s,
             smtp_listen: self.smtp_listen,
+            smtp_quick_ack: self.smtp_quick_ack,
         }
     }
 }

@@ -216,6 +216,8 @@ pub(crate) struct State {
     /// The SMTP sink's counters and seen Message-IDs, here so that the control API shows
     /// and resets them with the rest.
     pub(crate) smtp: Sink,
+    /// Acknowledge each message's data at once (`TCP_QUICKACK`), see `smtp`.
+    pub(crate) smtp_quick_ack: bool,
 }
 
 /// A poisoned lock only means a handler panicked while holding it; the data (counters,
@@ -252,6 +254,7 @@ impl State {
             brevo_keys: Mutex::new(HashMap::new()),
             records: Mutex::new(Vec::new()),
             smtp: Sink::default(),
+            smtp_quick_ack: config.smtp_quick_ack,
         })
     }
 

@@ -16,9 +16,12 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::task::JoinSet;
 
+/// The sink acknowledges each message at once (lettre 0.11 would otherwise wait 40 ms per
+/// message for a delayed ACK, and these tests would measure that instead of the sink).
 async fn start() -> (Running, SocketAddr) {
     let running = Running::start(Config {
         smtp_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+        smtp_quick_ack: true,
         record: false,
         ..Config::default()
     })

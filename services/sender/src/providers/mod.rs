@@ -6,6 +6,7 @@
 //! writing one `send`.
 
 pub mod brevo;
+pub mod dkim;
 pub mod http;
 pub mod sendgrid;
 pub mod smtp;
