@@ -30,6 +30,7 @@ async fn deliver(test: &str, n: usize, key: &support::DkimKey) {
     support::publish(&producer, &topics, &messages).await;
 
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let started = std::time::Instant::now();
     let sender = tokio::spawn(tocsin_sender::run(config.clone(), async {
         let _ = stopped.await;
     }));
@@ -37,6 +38,13 @@ async fn deliver(test: &str, n: usize, key: &support::DkimKey) {
     let feedback = TopicReader::new(&topics.feedback.name)
         .read_until::<v1::Feedback>(Duration::from_secs(180), |r| r.len() >= n)
         .await;
+    // Sender start (consumer group join included) to the last feedback.
+    let elapsed = started.elapsed();
+    println!(
+        "{test}: {n} e-mails sent in {:.2} s ({:.0}/s)",
+        elapsed.as_secs_f64(),
+        n as f64 / elapsed.as_secs_f64()
+    );
     let received = mail::wait_for(
         |m: &ReceivedMail| m.header("To").is_some_and(|to| to.contains(&run)),
         n,
@@ -197,4 +205,59 @@ async fn a_wrong_password_holds_messages_instead_of_failing_them() {
         mail::received(|m: &ReceivedMail| m.header("To").is_some_and(|to| to.contains(&run)))
             .is_empty()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn implicit_tls_delivers_on_one_reused_connection() {
+    use tocsin_sender::providers::smtp::{SmtpConfig, SmtpProvider, TlsMode};
+    use tocsin_sender::providers::{Outgoing, Provider};
+
+    let run = stack::unique("smtp-smtps");
+    let (user, password) = mail::smtp_credentials();
+    let provider = SmtpProvider::new(
+        "smtps_test",
+        &SmtpConfig {
+            host: "127.0.0.1".into(),
+            port: mail::smtps_port(),
+            tls: TlsMode::Tls,
+            username: Some(user),
+            password: Some(password.into()),
+            ca_file: Some(mail::tls_ca_pem_path()),
+            pool_size: 2,
+            timeout_ms: 20_000,
+            dkim: None,
+        },
+    )
+    .expect("provider");
+    let messages = support::rendered(&run, v1::Channel::Email, 3, 3600);
+    let mut ids = Vec::new();
+    for m in &messages {
+        let Message::Email(email) = m else {
+            unreachable!("e-mails only")
+        };
+        // One after the other: the same connection each time.
+        let accepted = provider
+            .send(Outgoing::Email(email))
+            .await
+            .expect("accepted");
+        ids.push(accepted.provider_message_id);
+    }
+    let received = mail::wait_for(
+        |m: &ReceivedMail| m.header("To").is_some_and(|to| to.contains(&run)),
+        3,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(received.len(), 3);
+    let envelopes: Vec<_> = received
+        .iter()
+        .map(|m| m.envelope.clone().expect("envelope"))
+        .collect();
+    assert!(envelopes.iter().all(|e| e.tls == "smtps"), "{envelopes:?}");
+    let peers: HashSet<_> = envelopes.iter().map(|e| e.peer.clone()).collect();
+    assert_eq!(peers.len(), 1, "one connection for all three: {peers:?}");
+    let queue_ids: HashSet<_> = envelopes.iter().map(|e| e.queue_id.clone()).collect();
+    for id in &ids {
+        assert!(queue_ids.contains(id), "{id} is a queue id of the server");
+    }
 }

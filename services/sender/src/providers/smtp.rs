@@ -3,6 +3,9 @@
 //! To, Subject, Date, Message-ID, List-Unsubscribe and List-Unsubscribe-Post (RFC 8058 asks
 //! for both unsubscribe headers to be signed, or clients will not offer one-click).
 //!
+//! The connections are ours, not lettre's transport's: sockets with `TCP_NODELAY`, or each
+//! message waits ~40 ms for a delayed ACK (see [`pool`]). lettre still speaks SMTP on them.
+//!
 //! Answers, by SMTP reply code (RFC 5321 §4.2):
 //! - 2xx: accepted; the provider message id is the server's queue id when it gives one
 //!   (`250 2.0.0 Ok: queued as 4C1F2...`), else the reply text;
@@ -15,23 +18,29 @@
 //!   "slow down";
 //! - connection, TLS and timeout errors: transient.
 
+#[cfg(test)]
+mod fake_server;
+mod pool;
+
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use lettre::Message;
 use lettre::message::dkim::{
     DkimCanonicalization, DkimCanonicalizationType, DkimConfig, DkimSigningAlgorithm,
     DkimSigningKey,
 };
 use lettre::message::header::{HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart};
-use lettre::transport::smtp::PoolConfig;
 use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
-use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use lettre::transport::smtp::client::{Certificate, TlsParameters};
+use lettre::transport::smtp::extension::ClientId;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+use self::pool::{Endpoint, Failure, Pool, Security};
 use super::{Accepted, Outgoing, Permanent, Provider, SendError};
 
 /// How the connection is secured.
@@ -68,8 +77,10 @@ pub struct SmtpConfig {
     /// A PEM certificate to trust besides the public roots (a private relay's own).
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
-    /// Connections kept open to the server.
+    /// Connections open to the server at most (idle ones are closed after a minute).
     pub pool_size: u32,
+    /// Bounds opening a connection (TCP, TLS, EHLO, STARTTLS, AUTH), and each message's
+    /// exchange.
     pub timeout_ms: u64,
     #[serde(default)]
     pub dkim: Option<DkimSettings>,
@@ -111,11 +122,13 @@ pub enum SmtpSetupError {
     DkimKey(String),
     #[error("a username needs a password (and the reverse)")]
     Credentials,
+    #[error("TLS client for {host}: {reason}")]
+    TlsClient { host: String, reason: String },
 }
 
 pub struct SmtpProvider {
     name: String,
-    transport: AsyncSmtpTransport<Tokio1Executor>,
+    pool: Pool,
     dkim: Option<DkimConfig>,
 }
 
@@ -131,40 +144,87 @@ impl std::fmt::Debug for SmtpProvider {
 impl SmtpProvider {
     pub fn new(name: &str, config: &SmtpConfig) -> Result<Self, SmtpSetupError> {
         let mut tls = TlsParameters::builder(config.host.clone());
+        let mut ca_pem = None;
         if let Some(path) = &config.ca_file {
             let pem = std::fs::read(path).map_err(|error| SmtpSetupError::CaFile {
                 path: path.clone(),
                 error,
             })?;
             tls = tls.add_root_certificate(Certificate::from_pem(&pem)?);
+            ca_pem = Some(pem);
         }
-        let tls = match config.tls {
-            TlsMode::None => Tls::None,
-            TlsMode::Starttls => Tls::Required(tls.build_rustls()?),
-            TlsMode::Tls => Tls::Wrapper(tls.build_rustls()?),
+        let security = match config.tls {
+            TlsMode::None => Security::None,
+            TlsMode::Starttls => Security::Starttls(tls.build_rustls()?),
+            TlsMode::Tls => implicit_tls(&config.host, ca_pem.as_deref())?,
         };
-        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&config.host)
-            .port(config.port)
-            .tls(tls)
-            .timeout(Some(Duration::from_millis(config.timeout_ms)))
-            .pool_config(PoolConfig::new().max_size(config.pool_size.max(1)));
-        match (&config.username, &config.password) {
-            (Some(user), Some(password)) => {
-                builder = builder.credentials(Credentials::new(
-                    user.clone(),
-                    password.expose_secret().to_owned(),
-                ));
-            }
-            (None, None) => {}
+        let credentials = match (&config.username, &config.password) {
+            (Some(user), Some(password)) => Some(Credentials::new(
+                user.clone(),
+                password.expose_secret().to_owned(),
+            )),
+            (None, None) => None,
             _ => return Err(SmtpSetupError::Credentials),
-        }
+        };
+        let endpoint = Endpoint {
+            host: config.host.clone(),
+            port: config.port,
+            security,
+            // The machine's host name, as lettre's transport says.
+            hello_name: ClientId::default(),
+            credentials,
+            timeout: Duration::from_millis(config.timeout_ms),
+        };
         let dkim = config.dkim.as_ref().map(dkim_config).transpose()?;
         Ok(SmtpProvider {
             name: name.to_owned(),
-            transport: builder.build(),
+            pool: Pool::new(endpoint, config.pool_size),
             dkim,
         })
     }
+
+    /// Idle connections older than `max_idle` are closed rather than reused.
+    #[cfg(test)]
+    fn with_max_idle(mut self, max_idle: Duration) -> Self {
+        self.pool.set_max_idle(max_idle);
+        self
+    }
+}
+
+/// Implicit TLS, which lettre's `connect_with_transport` cannot do: our own rustls client,
+/// trusting what lettre's `TlsParameters` trusts here: the public roots of `webpki-roots`
+/// (lettre's default certificate store with the `webpki-roots` feature, the one enabled)
+/// and the configured CA. The crypto provider is lettre's choice too: the process default
+/// if one is installed, else ring.
+fn implicit_tls(host: &str, ca_pem: Option<&[u8]>) -> Result<Security, SmtpSetupError> {
+    use tokio_rustls::rustls::crypto::{CryptoProvider, ring};
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+    use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+
+    let failed = |reason: &dyn std::fmt::Display| SmtpSetupError::TlsClient {
+        host: host.to_owned(),
+        reason: reason.to_string(),
+    };
+    let mut roots = RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    for certificate in CertificateDer::pem_slice_iter(ca_pem.unwrap_or_default()) {
+        let certificate = certificate.map_err(|e| failed(&e))?;
+        roots.add(certificate).map_err(|e| failed(&e))?;
+    }
+    let provider = CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(ring::default_provider()));
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| failed(&e))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let server_name = ServerName::try_from(host.to_owned()).map_err(|e| failed(&e))?;
+    Ok(Security::Implicit {
+        connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+        server_name,
+    })
 }
 
 fn dkim_config(settings: &DkimSettings) -> Result<DkimConfig, SmtpSetupError> {
@@ -224,6 +284,14 @@ pub fn build_message(email: &tocsin_contracts::v1::RenderedEmail) -> Result<Mess
             email.html.clone(),
         ))
         .map_err(|e| rejected("message", &e))
+}
+
+fn classify_failure(failure: &Failure) -> SendError {
+    match failure {
+        Failure::Smtp(error) => classify(error),
+        // Connection, TLS handshake and timeout.
+        other => SendError::transient(format!("SMTP: {other}")),
+    }
 }
 
 fn classify(error: &lettre::transport::smtp::Error) -> SendError {
@@ -290,12 +358,278 @@ impl Provider for SmtpProvider {
             if let Some(dkim) = &self.dkim {
                 built.sign(dkim);
             }
-            match self.transport.send(built).await {
+            let formatted = built.formatted();
+            match self.pool.send(built.envelope(), &formatted).await {
                 Ok(response) => Ok(Accepted {
                     provider_message_id: queue_id(&response),
                 }),
-                Err(error) => Err(classify(&error)),
+                Err(failure) => Err(classify_failure(&failure)),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use tocsin_contracts::v1;
+
+    use super::fake_server::{self, Script, Seen};
+    use super::*;
+
+    fn provider(port: u16, tls: TlsMode, pool_size: u32) -> SmtpProvider {
+        let config = SmtpConfig {
+            host: "127.0.0.1".into(),
+            port,
+            tls,
+            username: Some("tocsin".into()),
+            password: Some(SecretString::from("secret")),
+            ca_file: None,
+            pool_size,
+            timeout_ms: 5000,
+            dkim: None,
+        };
+        SmtpProvider::new("fake", &config).expect("valid configuration")
+    }
+
+    fn email(i: usize) -> v1::RenderedEmail {
+        v1::RenderedEmail {
+            from: "Tocsin <campagnes@tocsin.localhost>".into(),
+            to: format!("camille{i}@exemple.fr"),
+            subject: "Bonjour".into(),
+            text: "Bonjour Camille,\n".repeat(40),
+            html: "<p>Bonjour Camille,</p>\n".repeat(40),
+            message_id: format!("<m{i}@tocsin.localhost>"),
+            ..Default::default()
+        }
+    }
+
+    async fn send(provider: &SmtpProvider, i: usize) -> Result<Accepted, SendError> {
+        provider.send(Outgoing::Email(&email(i))).await
+    }
+
+    fn count(counter: &AtomicUsize) -> usize {
+        Seen::get(counter)
+    }
+
+    fn transient_reason(result: Result<Accepted, SendError>) -> String {
+        match result {
+            Err(SendError::Transient { reason, .. }) => reason,
+            other => panic!("transient failure expected: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn queue_ids_are_read_from_the_reply() {
+        use lettre::transport::smtp::response::{Category, Code, Detail, Response, Severity};
+        let ok = Code::new(
+            Severity::PositiveCompletion,
+            Category::MailSystem,
+            Detail::Zero,
+        );
+        let queued = Response::new(ok, vec!["2.0.0 Ok: queued as 4C1F2A".into()]);
+        assert_eq!(queue_id(&queued), "4C1F2A");
+        let other = Response::new(ok, vec!["2.0.0 accepted".into()]);
+        assert_eq!(queue_id(&other), "2.0.0 accepted");
+    }
+
+    #[tokio::test]
+    async fn messages_in_turn_share_one_connection() {
+        let server = fake_server::start(Script::default()).await;
+        let provider = provider(server.port, TlsMode::None, 4);
+        for i in 1..=5 {
+            let accepted = send(&provider, i).await.expect("accepted");
+            assert_eq!(accepted.provider_message_id, format!("Q{i}"));
+        }
+        assert_eq!(count(&server.seen.connections), 1);
+        assert_eq!(count(&server.seen.auths), 1);
+        assert_eq!(count(&server.seen.messages), 5);
+    }
+
+    #[tokio::test]
+    async fn never_more_connections_than_the_pool_size() {
+        let server = fake_server::start(Script {
+            slow_data: Duration::from_millis(30),
+            ..Script::default()
+        })
+        .await;
+        let provider = provider(server.port, TlsMode::None, 3);
+        let results = futures::future::join_all((0..12).map(|i| send(&provider, i))).await;
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        assert_eq!(count(&server.seen.max_open), 3);
+        assert_eq!(count(&server.seen.connections), 3);
+        assert_eq!(count(&server.seen.messages), 12);
+    }
+
+    #[tokio::test]
+    async fn connections_idle_too_long_are_closed_not_reused() {
+        let server = fake_server::start(Script::default()).await;
+        let provider =
+            provider(server.port, TlsMode::None, 2).with_max_idle(Duration::from_millis(50));
+        send(&provider, 1).await.expect("accepted");
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        send(&provider, 2).await.expect("accepted");
+        assert_eq!(count(&server.seen.connections), 2);
+        // The old one says QUIT in the background.
+        for _ in 0..100 {
+            if count(&server.seen.quits) == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(count(&server.seen.quits), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_server_closed_while_idle_is_replaced() {
+        let server = fake_server::start(Script {
+            messages_per_connection: Some(1),
+            ..Script::default()
+        })
+        .await;
+        let provider = provider(server.port, TlsMode::None, 1);
+        for i in 1..=3 {
+            send(&provider, i)
+                .await
+                .expect("accepted on a new connection");
+        }
+        assert_eq!(count(&server.seen.connections), 3);
+        assert_eq!(count(&server.seen.messages), 3);
+    }
+
+    #[tokio::test]
+    async fn a_connection_lost_after_the_whole_message_is_not_retried() {
+        let server = fake_server::start(Script {
+            vanish_after_message: Some(2),
+            ..Script::default()
+        })
+        .await;
+        let provider = provider(server.port, TlsMode::None, 1);
+        send(&provider, 1).await.expect("accepted");
+        // The second goes on the reused connection; the server takes it and vanishes: it
+        // may have been delivered, so it is not sent again.
+        transient_reason(send(&provider, 2).await);
+        assert_eq!(count(&server.seen.messages), 2);
+        assert_eq!(count(&server.seen.connections), 1);
+        send(&provider, 3)
+            .await
+            .expect("accepted on a new connection");
+        assert_eq!(count(&server.seen.connections), 2);
+    }
+
+    #[tokio::test]
+    async fn an_unknown_recipient_is_a_hard_bounce() {
+        let server = fake_server::start(Script {
+            rcpt: "550 5.1.1 <camille1@exemple.fr>: Recipient address rejected",
+            ..Script::default()
+        })
+        .await;
+        let provider = provider(server.port, TlsMode::None, 2);
+        match send(&provider, 1).await {
+            Err(SendError::Permanent { kind, reason }) => {
+                assert_eq!(kind, Permanent::HardBounce);
+                assert!(reason.contains("550"), "{reason}");
+            }
+            other => panic!("hard bounce expected: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn other_refusals_are_rejections() {
+        let server = fake_server::start(Script {
+            rcpt: "554 5.7.1 Relay access denied",
+            ..Script::default()
+        })
+        .await;
+        let provider = provider(server.port, TlsMode::None, 2);
+        assert!(matches!(
+            send(&provider, 1).await,
+            Err(SendError::Permanent {
+                kind: Permanent::Rejected,
+                ..
+            })
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_421_says_slow_down() {
+        let server = fake_server::start(Script {
+            rcpt: "421 4.7.0 Too many connections, try again later",
+            ..Script::default()
+        })
+        .await;
+        let provider = provider(server.port, TlsMode::None, 2);
+        match send(&provider, 1).await {
+            Err(SendError::Transient { slow_down, .. }) => assert!(slow_down),
+            other => panic!("transient failure expected: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn refused_credentials_are_transient_and_send_nothing() {
+        let server = fake_server::start(Script {
+            auth: "535 5.7.8 Authentication credentials invalid",
+            ..Script::default()
+        })
+        .await;
+        let provider = provider(server.port, TlsMode::None, 2);
+        let reason = transient_reason(send(&provider, 1).await);
+        assert!(reason.contains("SMTP credentials refused"), "{reason}");
+        assert_eq!(count(&server.seen.mails), 0);
+    }
+
+    #[tokio::test]
+    async fn starttls_required_refuses_a_server_without_it() {
+        // The scripted server does not offer STARTTLS: no AUTH, no message.
+        let server = fake_server::start(Script::default()).await;
+        let provider = provider(server.port, TlsMode::Starttls, 2);
+        let reason = transient_reason(send(&provider, 1).await);
+        assert!(reason.contains("STARTTLS"), "{reason}");
+        assert_eq!(count(&server.seen.auths), 0);
+        assert_eq!(count(&server.seen.mails), 0);
+    }
+
+    #[tokio::test]
+    async fn nobody_listening_is_transient() {
+        let port = {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            listener.local_addr().expect("address").port()
+        };
+        let provider = provider(port, TlsMode::None, 2);
+        let reason = transient_reason(send(&provider, 1).await);
+        assert!(reason.contains("connecting to 127.0.0.1"), "{reason}");
+    }
+
+    #[test]
+    fn implicit_tls_refuses_a_bad_ca_file_at_startup() {
+        let ca = std::env::temp_dir().join(format!("tocsin-smtp-ca-{}.pem", std::process::id()));
+        // Not a certificate: refused when the provider is built, not at the first send.
+        std::fs::write(
+            &ca,
+            "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n",
+        )
+        .expect("write");
+        let config = SmtpConfig {
+            host: "localhost".into(),
+            port: 465,
+            tls: TlsMode::Tls,
+            username: None,
+            password: None,
+            ca_file: Some(ca.clone()),
+            pool_size: 1,
+            timeout_ms: 1000,
+            dkim: None,
+        };
+        let built = SmtpProvider::new("fake", &config);
+        let _ = std::fs::remove_file(&ca);
+        assert!(built.is_err());
+        let without_ca = SmtpConfig {
+            ca_file: None,
+            ..config
+        };
+        assert!(SmtpProvider::new("fake", &without_ca).is_ok());
     }
 }
