@@ -156,7 +156,11 @@ impl DkimSigner {
 /// The label and the decoded bytes of a PEM block.
 fn pem_body(pem: &str) -> Option<(String, Vec<u8>)> {
     let pem = pem.trim();
-    let label = pem.strip_prefix("-----BEGIN ")?.split_once("-----")?.0.to_owned();
+    let label = pem
+        .strip_prefix("-----BEGIN ")?
+        .split_once("-----")?
+        .0
+        .to_owned();
     let end = format!("-----END {label}-----");
     let inner = pem
         .split_once("-----\n")
@@ -292,8 +296,10 @@ mod tests {
 
     #[test]
     fn pem_blocks_are_read_with_their_label() {
-        let (label, der) = pem_body("-----BEGIN RSA PRIVATE KEY-----\nAAEC\nAw==\n-----END RSA PRIVATE KEY-----\n")
-            .expect("pem");
+        let (label, der) = pem_body(
+            "-----BEGIN RSA PRIVATE KEY-----\nAAEC\nAw==\n-----END RSA PRIVATE KEY-----\n",
+        )
+        .expect("pem");
         assert_eq!(label, "RSA PRIVATE KEY");
         assert_eq!(der, [0, 1, 2, 3]);
         assert!(pem_body("not a key").is_none());
@@ -320,7 +326,11 @@ mod tests {
         let signature = STANDARD
             .decode(own_text[b_at..].split_whitespace().collect::<String>())
             .expect("base64");
-        let bh = own_text.split("bh=").nth(1).and_then(|v| v.split(';').next()).expect("bh");
+        let bh = own_text
+            .split("bh=")
+            .nth(1)
+            .and_then(|v| v.split(';').next())
+            .expect("bh");
         assert_eq!(bh, STANDARD.encode(Sha256::digest(relaxed_body(body))));
         let mut data = Vec::new();
         for name in ["from", "to", "subject", "date", "message-id"] {
@@ -341,6 +351,10 @@ mod tests {
         // A changed body or a changed signed header no longer verifies.
         let mut tampered = data.clone();
         tampered[3] ^= 1;
-        assert!(public.verify(&Sha256::digest(&tampered), &signature).is_err());
+        assert!(
+            public
+                .verify(&Sha256::digest(&tampered), &signature)
+                .is_err()
+        );
     }
 }
