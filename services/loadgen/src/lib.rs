@@ -255,11 +255,8 @@ async fn follow_blast(
         .run(|done, expected| eprintln!("{done} / {expected} ended"))
         .await
         .map_err(LoadgenError::Probe)?;
-    if json {
-        writeln!(out, "{}", serde_json::to_string(&report)?)?;
-    } else {
-        writeln!(
-            out,
+    emit(out, json, &report, || {
+        format!(
             "{} sent, {} not sent, {} missing, {} sent twice; {:.0} sent/s; planning to hand-off p50 {:.0} ms, p99 {:.0} ms",
             report.sent,
             report.not_sent,
@@ -268,8 +265,8 @@ async fn follow_blast(
             report.sent_per_second,
             report.latency_p50_ms,
             report.latency_p99_ms
-        )?;
-    }
+        )
+    })?;
     Ok(())
 }
 
@@ -291,18 +288,30 @@ async fn measure_ceiling(
     })
     .await
     .map_err(LoadgenError::Probe)?;
-    if json {
-        writeln!(out, "{}", serde_json::to_string(&report)?)?;
-    } else {
-        writeln!(
-            out,
+    emit(out, json, &report, || {
+        format!(
             "{} records through {} hops ({:?} bytes) in {:.2} s: {:.0} records/s",
             report.count,
             report.sizes.len(),
             report.sizes,
             report.seconds,
             report.per_second
-        )?;
+        )
+    })?;
+    Ok(())
+}
+
+/// Writes `report` as one JSON line, or as the text `text` makes.
+fn emit<T: serde::Serialize>(
+    out: &mut impl Write,
+    json: bool,
+    report: &T,
+    text: impl FnOnce() -> String,
+) -> Result<(), LoadgenError> {
+    if json {
+        writeln!(out, "{}", serde_json::to_string(report)?)?;
+    } else {
+        writeln!(out, "{}", text())?;
     }
     Ok(())
 }
@@ -383,11 +392,8 @@ async fn probe_lane(args: ProbeArgs, json: bool, out: &mut impl Write) -> Result
     )
     .await
     .map_err(LoadgenError::Probe)?;
-    if json {
-        writeln!(out, "{}", serde_json::to_string(&report)?)?;
-    } else {
-        writeln!(
-            out,
+    emit(out, json, &report, || {
+        format!(
             "{} of {} answered: p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
             report.received,
             report.probes,
@@ -395,8 +401,8 @@ async fn probe_lane(args: ProbeArgs, json: bool, out: &mut impl Write) -> Result
             report.p90_ms,
             report.p99_ms,
             report.max_ms
-        )?;
-    }
+        )
+    })?;
     if report.received < report.probes {
         return Err(LoadgenError::Probe(format!(
             "{} probes never reached a provider",
