@@ -181,7 +181,10 @@ report = {
     "blast": blast, "ceiling": load("ceiling.json"), "peak_rss_mb": load("rss.json"),
     "provider": provider, "provider_duplicates": provider.get("duplicates", 0),
     "sms_rate": float(sms_rate),
-    "achieved_parts_per_second": provider.get("parts", 0) / seconds if channel == "sms" else 0,
+    # The provider's rate while it was being sent to: its parts over the time from the
+    # first hand-off to the last (the feedback's own span), not counting the planning and
+    # rendering before the first.
+    "achieved_parts_per_second": provider.get("parts", 0) / max(blast["feedback"]["seconds"], 0.001) if channel == "sms" else 0,
 }
 if os.path.exists(os.path.join(run_dir, "probes.json")):
     report["probes"] = load("probes.json")

@@ -8,7 +8,7 @@
 //!   ledger, attempts, feedback.
 //! - [`ledger`]: the send ledger in Redis, and the one window in which a duplicate is still
 //!   possible.
-//! - [`throttle`]: provider budgets shared through Redis (GCRA), or local (governor); slow
+//! - [`throttle`]: provider budgets shared through Redis (GCRA), or local; slow
 //!   down on 429, recover gradually; the share of every budget kept for the triggered
 //!   lane.
 //! - [`routing`]: which provider takes a message; failover by priority; the calls in

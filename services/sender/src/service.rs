@@ -8,8 +8,7 @@
 //! 2. past its expiry: `Feedback(expired)`;
 //! 3. attempts until one ends it: choose a provider ([`crate::routing`]), take a call
 //!    slot (a bulk message one of the slots bulk may hold first), wait for its budget and
-//!    the sender identity's, a bulk message for their bulk parts first
-//!    ([`crate::throttle`]), then claim the message in
+//!    the sender identity's, in its lane ([`crate::throttle`]), then claim the message in
 //!    the ledger ([`crate::ledger`]) right before the call: already sent → re-emit
 //!    `Feedback(sent)`, already ended → re-emit its feedback, claimed by a live instance →
 //!    retry later (the consumer backs off); then send.
@@ -731,8 +730,8 @@ impl Sender {
         }
     }
 
-    /// Waits for the provider's budget and the sender identity's at it, a bulk message for
-    /// their bulk parts first ([`Throttle::budgets`]). A reservation is only good on time:
+    /// Waits for the provider's budget and the sender identity's at it, in the message's
+    /// lane ([`Throttle::budgets`]). A reservation is only good on time:
     /// a task that wakes more than `(1 - headroom)` of a second after its slot (a busy
     /// machine) takes a new one, so that late sends never bunch up beyond the limit over
     /// any second. Returns the time spent waiting.
@@ -758,19 +757,21 @@ impl Sender {
         );
         for budget in &budgets {
             loop {
-                let asked = std::time::Instant::now();
-                let reservation = self
-                    .throttle
-                    .reserve_budget(budget, cost)
-                    .await
-                    .map_err(|e| Retry(format!("budget: {e}")))?;
-                if !budget.bulk_part && budget.scope == entry.name {
+                let reservation = tokio::select! {
+                    booked = self.throttle.book(budget, cost) => {
+                        booked.map_err(|e| Retry(format!("budget: {e}")))?
+                    }
+                    _ = self.shutdown.cancelled() => {
+                        return Err(Retry("shutting down".to_owned()));
+                    }
+                };
+                if budget.scope == entry.name {
                     self.metrics
                         .rate_limit
                         .with_label_values(&[&entry.name])
                         .set(reservation.rate);
                 }
-                let due = asked + reservation.wait;
+                let due = std::time::Instant::now() + reservation.wait;
                 if !reservation.wait.is_zero() {
                     self.sleep(reservation.wait).await?;
                 }

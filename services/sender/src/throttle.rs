@@ -8,7 +8,7 @@
 //! rate used is `rate × headroom` (98 % by default), which keeps a provider's own window
 //! counting clear of the limit when network jitter bunches requests.
 //!
-//! **Local**: `governor` rate limiters in the process, for a single sender instance or for
+//! **Local**: the same budgets in the process, for a single sender instance or for
 //! instances that each have their own provider account.
 //!
 //! **Slowing down**: a 429 or a provider's "slow down" answer halves the scope's rate (at
@@ -16,26 +16,19 @@
 //! `Retry-After`, and the rate then recovers linearly (`recovery_per_s` of the configured
 //! rate per second).
 //!
-//! **Lanes**: `triggered_share` of every scope's rate is kept for the triggered lane
-//! (sequence steps, test sends). A bulk message takes its units first from the scope's
-//! *bulk part*, a budget of `rate × (1 − triggered_share)` of its own, then from the
-//! scope itself; a triggered message only from the scope. So the whole never exceeds the
-//! rate, a blast alone never exceeds its part, and a triggered message finds at least
-//! `triggered_share` of the rate free however long the blast's backlog (it never queues
-//! behind the blast's reservations, which wait in the bulk part). The bulk part shares the
-//! scope's slow-down state: a 429 halves and pauses both lanes alike. [`Throttle::budgets`]
-//! says which budgets a message takes, in order; the sender waits for each in turn.
+//! **Lanes**: each scope's rate is split into assured parts, `triggered_share` of it for
+//! the triggered lane (sequence steps, test sends) and the rest for the bulk lane (blasts).
+//! A lane may borrow what the other leaves unused, so a blast alone sends at the whole
+//! rate; when both lanes are busy each gets at least its part; and a triggered message
+//! never waits behind a blast's backlog, which is never booked more than a slot ahead
+//! ([`decide`]). A 429 halves and pauses both lanes alike. With a share of 0 there are no
+//! parts: one budget, served in turn.
 
 use std::collections::HashMap;
-use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use governor::middleware::NoOpMiddleware;
-use governor::nanos::Nanos;
-use governor::state::{InMemoryState, NotKeyed};
-use governor::{Quota, RateLimiter};
 use redis::Script;
 use redis::aio::ConnectionManager;
 use serde::Deserialize;
@@ -78,9 +71,10 @@ pub struct ThrottleConfig {
     pub recovery_per_s: f64,
     /// The rate never drops below this fraction of the configured rate.
     pub min_factor: f64,
-    /// Fraction of every rate (provider and sender identity) kept for the triggered lane:
-    /// bulk messages never use more than `1 - triggered_share` of it, so a welcome
-    /// message never waits behind a blast. From 0 (no reservation) to below 1.
+    /// Fraction of every rate (provider and sender identity) assured to the triggered
+    /// lane: while it is busy, bulk messages get no more than `1 - triggered_share` of
+    /// the rate, and a welcome message never waits behind a blast; while it is idle, a
+    /// blast may use the whole rate. From 0 (no parts) to below 1.
     pub triggered_share: Share,
 }
 
@@ -113,9 +107,9 @@ impl TryFrom<f64> for Share {
 /// Which lane a message travels on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Lane {
-    /// Blasts: from the bulk part of each budget.
+    /// Blasts: assured `1 - triggered_share` of each budget.
     Bulk,
-    /// Sequence steps and test sends: from the whole of each budget.
+    /// Sequence steps and test sends: assured `triggered_share` of each budget.
     Triggered,
 }
 
@@ -138,15 +132,15 @@ impl Lane {
     }
 }
 
-/// One budget a message takes its units from.
+/// One budget a message takes its units from: a scope, for a message of a lane.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Budget {
     /// A provider's name, or `<provider>:<sender identity>`.
     pub scope: String,
-    /// The scope's configured limit (the bulk part is derived from it).
+    /// The scope's configured limit.
     pub limit: Limit,
-    /// The bulk lane's part of the scope rather than the whole scope.
-    pub bulk_part: bool,
+    /// The message's lane: which part of the scope's rate it is assured of.
+    pub lane: Lane,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -179,8 +173,14 @@ pub struct Throttle {
     redis: ConnectionManager,
     clock: Clock,
     local_clock: TokioClock,
-    local: Mutex<LocalBudgets>,
+    /// Local mode: each scope's state, by scope.
+    local: Mutex<HashMap<String, LocalScope>>,
+    /// Whose turn it is to ask, by scope and lane (see [`Throttle::book`]).
+    turns: Mutex<HashMap<(String, Lane), Turn>>,
 }
+
+/// Held by the one task of a scope and lane that is asking for its budget.
+type Turn = Arc<tokio::sync::Mutex<()>>;
 
 impl std::fmt::Debug for Throttle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -190,7 +190,7 @@ impl std::fmt::Debug for Throttle {
     }
 }
 
-/// The local limiters read tokio's clock, the one their waits sleep on: a test that pauses
+/// The local budgets read tokio's clock, the one their waits sleep on: a test that pauses
 /// tokio's time drives them exactly.
 #[derive(Debug, Clone)]
 struct TokioClock {
@@ -203,73 +203,136 @@ impl TokioClock {
     }
 }
 
-impl governor::clock::Clock for TokioClock {
-    type Instant = Nanos;
-
-    fn now(&self) -> Nanos {
-        Nanos::from(self.origin.elapsed())
-    }
-}
-
-type LocalLimiter = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<Nanos>>;
-
 /// `lowered_at_us` of a scope never slowed down.
 const NEVER: u64 = u64::MAX;
 
-#[derive(Default)]
-struct LocalBudgets {
-    /// By scope and bulk part.
-    limiters: HashMap<(String, bool), Arc<LocalLimit>>,
-    /// By scope: shared by the scope and its bulk part.
-    states: HashMap<String, Arc<LocalState>>,
+/// A borrowing message may book the scope's budget one slot ahead at most, but never less
+/// than this (the borrower's next ask must not be late for its slot: tokio's timer wakes
+/// up to a millisecond late)...
+const LOOKAHEAD_MIN_US: f64 = 2_000.0;
+/// ...nor more than this, however slow the rate: how long a borrowed booking can hold up a
+/// message within its part.
+const LOOKAHEAD_MAX_US: f64 = 10_000.0;
+
+/// A scope in the local mode: its theoretical arrival times and its slow-down, in µs of
+/// [`TokioClock`].
+#[derive(Debug)]
+struct LocalScope {
+    whole: f64,
+    bulk: f64,
+    triggered: f64,
+    factor_ppm: u64,
+    lowered_at_us: u64,
+    paused_until_us: u64,
 }
 
-struct LocalLimit {
-    limiter: LocalLimiter,
+impl Default for LocalScope {
+    fn default() -> Self {
+        LocalScope {
+            whole: 0.0,
+            bulk: 0.0,
+            triggered: 0.0,
+            factor_ppm: 1_000_000,
+            lowered_at_us: NEVER,
+            paused_until_us: 0,
+        }
+    }
+}
+
+/// What [`decide`] is asked, in µs.
+#[derive(Debug, Clone, Copy)]
+struct Ask {
+    now: f64,
+    /// Nothing leaves before this (a `Retry-After`).
+    pause: f64,
+    /// The scope's interval per unit, at its current rate.
+    interval: f64,
     burst: u32,
-    state: Arc<LocalState>,
-    /// Whose turn it is: the limiter only says "not yet", so the waiting messages take
-    /// their turns first come, first served (tokio's mutex is fair), as the shared GCRA's
-    /// reservations do. Without it the tasks that check most often win: a steady
-    /// triggered demand starved the bulk messages queued behind their bulk part.
-    turn: tokio::sync::Mutex<()>,
+    cost: u32,
+    /// The lane's assured fraction of the rate; 0: no parts, one budget served in turn.
+    fraction: f64,
 }
 
-/// A scope's slow-down, in µs of [`TokioClock`].
-struct LocalState {
-    /// Rate factor in millionths, and the moment it was last lowered.
-    factor_ppm: AtomicU64,
-    lowered_at_us: AtomicU64,
-    paused_until_us: AtomicU64,
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Decision {
+    /// Booked: send after this wait.
+    Booked(f64),
+    /// Nothing taken: ask again after this wait.
+    NotYet(f64),
 }
 
-/// Reserves `ARGV[4]` units on the GCRA of `KEYS[1]` and returns `{wait_us, factor_ppm}`.
-/// `KEYS[2]` is the scope's state: `f` (rate factor), `fts` (when it was last lowered),
-/// `pause` (µs until which nothing may leave).
+/// The lanes' budget, one algorithm for both modes ([`RESERVE`] is this in Lua): a GCRA on
+/// the scope's whole rate, which every message books, so the whole never exceeds the rate;
+/// and a GCRA per lane on its assured part of the rate. A message whose part has room
+/// books both, however far ahead the whole is booked (it waits its turn there). A message
+/// whose part is spent *borrows*: it books the whole alone, but only if the whole has room
+/// within one slot (2 to 10 ms); else it books nothing and is told when to ask again. So a
+/// lane alone uses the whole rate, two busy lanes each get at least their part, and a
+/// message within its part never waits behind the other lane's backlog: at most the
+/// lookahead, the slot a borrower booked there, and the slot of one message booked
+/// within its part.
+fn decide(whole: &mut f64, part: &mut f64, ask: Ask) -> Decision {
+    let slack = f64::from(ask.burst.max(1) - 1);
+    let cost = f64::from(ask.cost.max(1));
+    let start = whole.max(ask.now).max(ask.pause);
+    let ready = (start - ask.interval * slack).max(ask.pause);
+    if ask.fraction > 0.0 {
+        let part_interval = ask.interval / ask.fraction;
+        let part_start = part.max(ask.now);
+        let part_ready = part_start - part_interval * slack;
+        let lookahead = ask.interval.clamp(LOOKAHEAD_MIN_US, LOOKAHEAD_MAX_US);
+        if part_ready <= ask.now {
+            *part = part_start + part_interval * cost;
+        } else if ready - ask.now > lookahead {
+            let retry = part_ready.min(ready - lookahead) - ask.now;
+            return Decision::NotYet(retry.max(1.0));
+        }
+    }
+    *whole = start + ask.interval * cost;
+    Decision::Booked((ready - ask.now).max(0.0))
+}
+
+/// [`decide`] on a scope's keys: `KEYS[1]` the whole's GCRA, `KEYS[2]` the scope's
+/// slow-down state (`f` rate factor, `fts` when it was last lowered, `pause` µs until which
+/// nothing may leave), `KEYS[3]` the lane's part's GCRA. ARGV: now_us (0: Redis time),
+/// interval_us per unit at the configured rate, burst, cost, recover_per_s, fraction,
+/// lookahead_min_us, lookahead_max_us. Returns `{booked (1 or 0), wait_us, factor_ppm}`.
 const RESERVE: &str = r"
 local now = tonumber(ARGV[1])
 if now == 0 then
   local t = redis.call('TIME')
   now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
-local interval = tonumber(ARGV[2])
-local tolerance = tonumber(ARGV[3])
-local cost = tonumber(ARGV[4])
-local recover = tonumber(ARGV[5])
 local f = tonumber(redis.call('HGET', KEYS[2], 'f') or '1')
 local fts = tonumber(redis.call('HGET', KEYS[2], 'fts') or '0')
 local pause = tonumber(redis.call('HGET', KEYS[2], 'pause') or '0')
 if f < 1 then
-  f = math.min(1, f + (now - fts) / 1000000 * recover)
+  f = math.min(1, f + (now - fts) / 1000000 * tonumber(ARGV[5]))
 end
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-local start = math.max(tat, now, pause)
-local new_tat = start + interval / f * cost
-redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.floor((new_tat - now) / 1000) + 60000)
--- A pause (Retry-After) is never shortened by the burst tolerance.
-local wait = math.max(start - tolerance, pause) - now
+local ppm = math.floor(f * 1000000)
+local interval = tonumber(ARGV[2]) / f
+local slack = math.max(tonumber(ARGV[3]), 1) - 1
+local cost = math.max(tonumber(ARGV[4]), 1)
+local fraction = tonumber(ARGV[6])
+local start = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now, pause)
+local ready = math.max(start - interval * slack, pause)
+if fraction > 0 then
+  local part_interval = interval / fraction
+  local part_start = math.max(tonumber(redis.call('GET', KEYS[3]) or '0'), now)
+  local part_ready = part_start - part_interval * slack
+  local lookahead = math.min(math.max(interval, tonumber(ARGV[7])), tonumber(ARGV[8]))
+  if part_ready <= now then
+    local tat = part_start + part_interval * cost
+    redis.call('SET', KEYS[3], string.format('%.0f', tat), 'PX', math.floor((tat - now) / 1000) + 60000)
+  elseif ready - now > lookahead then
+    return {0, math.max(1, math.floor(math.min(part_ready, ready - lookahead) - now)), ppm}
+  end
+end
+local tat = start + interval * cost
+redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.floor((tat - now) / 1000) + 60000)
+local wait = ready - now
 if wait < 0 then wait = 0 end
-return {math.floor(wait), math.floor(f * 1000000)}
+return {1, math.floor(wait), ppm}
 ";
 
 /// Lowers the rate of `KEYS[1]` (at most once a second) and extends its pause.
@@ -306,10 +369,12 @@ static SLOW_DOWN_SCRIPT: std::sync::LazyLock<Script> =
 /// What a reservation says.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Reservation {
-    /// How long to wait before sending.
+    /// Booked: the units are taken; wait this long, then send. Not booked: nothing was
+    /// taken; ask again after this long.
     pub wait: Duration,
     /// The scope's current rate, units per second (after slow-downs and headroom).
     pub rate: f64,
+    pub booked: bool,
 }
 
 impl Throttle {
@@ -321,64 +386,63 @@ impl Throttle {
             local_clock: TokioClock {
                 origin: tokio::time::Instant::now(),
             },
-            local: Mutex::new(LocalBudgets::default()),
+            local: Mutex::new(HashMap::new()),
+            turns: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The GCRA key and the slow-down state key of a budget. The bulk part has a GCRA of
-    /// its own (`t:rl-bulk:`, which no scope's key can equal) and the scope's state.
-    fn keys(scope: &str, bulk_part: bool) -> (String, String) {
-        let tat = if bulk_part {
-            format!("t:rl-bulk:{scope}")
-        } else {
-            format!("t:rl:{scope}")
+    /// The keys of a scope: its GCRA, its slow-down state, and its lanes' parts
+    /// (`t:rl-bulk:`, `t:rl-trig:`, which no scope's key can equal).
+    fn keys(scope: &str, lane: Lane) -> [String; 3] {
+        let part = match lane {
+            Lane::Bulk => format!("t:rl-bulk:{scope}"),
+            Lane::Triggered => format!("t:rl-trig:{scope}"),
         };
-        (tat, format!("t:rl:{scope}:s"))
+        [format!("t:rl:{scope}"), format!("t:rl:{scope}:s"), part]
+    }
+
+    /// The lane's assured fraction of every rate; 0 with no `triggered_share`.
+    fn fraction(&self, lane: Lane) -> f64 {
+        let share = self.config.triggered_share.get();
+        match lane {
+            _ if share <= 0.0 => 0.0,
+            Lane::Bulk => 1.0 - share,
+            Lane::Triggered => share,
+        }
     }
 
     /// The budgets a message of `lane` takes from `scopes` (scope and configured limit),
-    /// in the order it must take them: a bulk message first from every scope's bulk part,
-    /// then, as a triggered message, from every scope itself. Unlimited scopes are left
-    /// out; with a `triggered_share` of 0 there are no bulk parts.
+    /// in order: the provider's, then the sender identity's. Unlimited scopes are left out.
     pub fn budgets(&self, lane: Lane, scopes: &[(String, Limit)]) -> Vec<Budget> {
-        let limited = scopes.iter().filter(|(_, limit)| !limit.is_unlimited());
-        let parts = (lane == Lane::Bulk && self.config.triggered_share.get() > 0.0)
-            .then(|| limited.clone())
-            .into_iter()
-            .flatten()
+        scopes
+            .iter()
+            .filter(|(_, limit)| !limit.is_unlimited())
             .map(|(scope, limit)| Budget {
                 scope: scope.clone(),
                 limit: *limit,
-                bulk_part: true,
-            });
-        let wholes = limited.map(|(scope, limit)| Budget {
-            scope: scope.clone(),
-            limit: *limit,
-            bulk_part: false,
-        });
-        parts.chain(wholes).collect()
+                lane,
+            })
+            .collect()
     }
 
-    /// Reserves `cost` units of `scope`'s budget. The caller must wait
-    /// [`Reservation::wait`] before sending, and then send: the units are spent.
+    /// Reserves `cost` units of `scope`'s budget for a blast's message (see
+    /// [`Throttle::reserve_budget`]).
     pub async fn reserve(
         &self,
         scope: &str,
         limit: Limit,
         cost: u32,
     ) -> Result<Reservation, redis::RedisError> {
-        self.reserve_budget(
-            &Budget {
-                scope: scope.to_owned(),
-                limit,
-                bulk_part: false,
-            },
-            cost,
-        )
-        .await
+        let budget = Budget {
+            scope: scope.to_owned(),
+            limit,
+            lane: Lane::Bulk,
+        };
+        self.reserve_budget(&budget, cost).await
     }
 
-    /// Reserves `cost` units of a budget (see [`Throttle::reserve`]).
+    /// Asks once for `cost` units of a budget ([`decide`]). Booked: the caller must wait
+    /// [`Reservation::wait`] before sending, and then send: the units are spent.
     pub async fn reserve_budget(
         &self,
         budget: &Budget,
@@ -389,133 +453,126 @@ impl Throttle {
             return Ok(Reservation {
                 wait: Duration::ZERO,
                 rate: f64::INFINITY,
+                booked: true,
             });
         }
-        let mut rate = limit.per_second * self.config.headroom.clamp(0.01, 1.0);
-        if budget.bulk_part {
-            rate *= 1.0 - self.config.triggered_share.get();
-        }
+        let rate = limit.per_second * self.config.headroom.clamp(0.01, 1.0);
+        let interval_us = 1_000_000.0 / rate;
+        let fraction = self.fraction(budget.lane);
         match self.config.mode {
             Mode::Shared => {
-                let interval_us = 1_000_000.0 / rate;
-                let tolerance_us = interval_us * f64::from(limit.burst.max(1) - 1);
-                let (tat, state) = Self::keys(&budget.scope, budget.bulk_part);
+                let [whole, state, part] = Self::keys(&budget.scope, budget.lane);
                 let mut conn = self.redis.clone();
-                let (wait_us, factor_ppm): (i64, i64) = RESERVE_SCRIPT
-                    .key(tat)
+                let (booked, wait_us, factor_ppm): (i64, i64, i64) = RESERVE_SCRIPT
+                    .key(whole)
                     .key(state)
+                    .key(part)
                     .arg(self.clock.now_us())
                     .arg(interval_us)
-                    .arg(tolerance_us)
+                    .arg(limit.burst)
                     .arg(cost.max(1))
                     .arg(self.config.recovery_per_s)
+                    .arg(fraction)
+                    .arg(LOOKAHEAD_MIN_US)
+                    .arg(LOOKAHEAD_MAX_US)
                     .invoke_async(&mut conn)
                     .await?;
                 Ok(Reservation {
                     wait: Duration::from_micros(wait_us.max(0) as u64),
                     rate: rate * factor_ppm as f64 / 1e6,
+                    booked: booked == 1,
                 })
             }
-            Mode::Local => Ok(self.reserve_local(budget, rate, cost).await),
-        }
-    }
-
-    fn local_limit(&self, budget: &Budget, rate: f64) -> Arc<LocalLimit> {
-        let mut local = self
-            .local
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let key = (budget.scope.clone(), budget.bulk_part);
-        if let Some(limit) = local.limiters.get(&key) {
-            return limit.clone();
-        }
-        let state = local
-            .states
-            .entry(budget.scope.clone())
-            .or_insert_with(|| {
-                Arc::new(LocalState {
-                    factor_ppm: AtomicU64::new(1_000_000),
-                    lowered_at_us: AtomicU64::new(NEVER),
-                    paused_until_us: AtomicU64::new(0),
+            Mode::Local => {
+                let mut local = self
+                    .local
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let s = local.entry(budget.scope.clone()).or_default();
+                let now = self.local_clock.now_us();
+                let factor = self.local_factor(s, now);
+                let ask = Ask {
+                    now: now as f64,
+                    pause: s.paused_until_us as f64,
+                    interval: interval_us / factor,
+                    burst: limit.burst,
+                    cost,
+                    fraction,
+                };
+                let part = match budget.lane {
+                    Lane::Bulk => &mut s.bulk,
+                    Lane::Triggered => &mut s.triggered,
+                };
+                let (booked, wait_us) = match decide(&mut s.whole, part, ask) {
+                    Decision::Booked(us) => (true, us),
+                    Decision::NotYet(us) => (false, us),
+                };
+                Ok(Reservation {
+                    wait: Duration::from_micros(wait_us.ceil() as u64),
+                    rate: rate * factor,
+                    booked,
                 })
-            })
-            .clone();
-        let burst = budget.limit.burst.max(1);
-        let period = Duration::from_secs_f64(1.0 / rate);
-        let quota = Quota::with_period(period)
-            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
-            .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN));
-        let limit = Arc::new(LocalLimit {
-            limiter: RateLimiter::direct_with_clock(quota, self.local_clock.clone()),
-            burst,
-            state,
-            turn: tokio::sync::Mutex::new(()),
-        });
-        local.limiters.insert(key, limit.clone());
-        limit
+            }
+        }
     }
 
-    fn local_factor(&self, s: &LocalState, now: u64) -> f64 {
-        let f = s.factor_ppm.load(Ordering::SeqCst) as f64 / 1e6;
-        let since = now.saturating_sub(s.lowered_at_us.load(Ordering::SeqCst)) as f64 / 1e6;
+    fn local_factor(&self, s: &LocalScope, now: u64) -> f64 {
+        let f = s.factor_ppm as f64 / 1e6;
+        let since = now.saturating_sub(s.lowered_at_us) as f64 / 1e6;
         (f + since * self.config.recovery_per_s).min(1.0)
     }
 
-    async fn reserve_local(&self, budget: &Budget, rate: f64, cost: u32) -> Reservation {
-        let l = self.local_limit(budget, rate);
-        let _turn = l.turn.lock().await;
-        let now = self.local_clock.now_us();
-        let paused = l.state.paused_until_us.load(Ordering::SeqCst);
-        if paused > now {
-            tokio::time::sleep(Duration::from_micros(paused - now)).await;
-        }
-        // A lowered rate makes each unit cost more cells of the fixed quota; a cost above
-        // the burst is taken in burst-sized chunks (the limiter refuses more at once).
-        let factor = self.local_factor(&l.state, self.local_clock.now_us());
-        let mut cells = (f64::from(cost.max(1)) / factor).ceil() as u32;
-        while cells > 0 {
-            let chunk = cells.min(l.burst);
-            cells -= chunk;
-            let chunk = NonZeroU32::new(chunk).unwrap_or(NonZeroU32::MIN);
-            // `chunk <= burst`: always granted eventually. The wait happens here, on
-            // tokio's clock.
-            while let Ok(Err(not_until)) = l.limiter.check_n(chunk) {
-                let wait = not_until.wait_time_from(governor::clock::Clock::now(&self.local_clock));
-                tokio::time::sleep(wait.max(Duration::from_micros(1))).await;
+    fn turn(&self, budget: &Budget) -> Turn {
+        let mut turns = self
+            .turns
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        turns
+            .entry((budget.scope.clone(), budget.lane))
+            .or_default()
+            .clone()
+    }
+
+    /// Asks for `cost` units of a budget until they are booked, and returns the booking
+    /// (wait [`Reservation::wait`], then send). The tasks of one scope and lane take turns
+    /// to ask, first come, first served (tokio's mutex is fair): one asks at a time, and
+    /// sleeps until the budget said to ask again, instead of all of them polling.
+    pub async fn book(&self, budget: &Budget, cost: u32) -> Result<Reservation, redis::RedisError> {
+        let turn = self.turn(budget);
+        let _turn = turn.lock().await;
+        loop {
+            let reservation = self.reserve_budget(budget, cost).await?;
+            if reservation.booked {
+                return Ok(reservation);
             }
-        }
-        Reservation {
-            wait: Duration::ZERO,
-            rate: rate * factor,
+            tokio::time::sleep(reservation.wait).await;
         }
     }
 
-    /// Waits for a reservation of `cost` units; returns how long it waited and the rate.
+    /// Waits for `cost` units of `scope` for a blast's message; returns how long it waited
+    /// and the rate.
     pub async fn acquire(
         &self,
         scope: &str,
         limit: Limit,
         cost: u32,
     ) -> Result<(Duration, f64), redis::RedisError> {
-        self.acquire_budget(
-            &Budget {
-                scope: scope.to_owned(),
-                limit,
-                bulk_part: false,
-            },
-            cost,
-        )
-        .await
+        let budget = Budget {
+            scope: scope.to_owned(),
+            limit,
+            lane: Lane::Bulk,
+        };
+        self.acquire_budget(&budget, cost).await
     }
 
-    /// Waits for a reservation of `cost` units of a budget (see [`Throttle::acquire`]).
+    /// Waits for `cost` units of a budget: [`Throttle::book`], then its wait.
     pub async fn acquire_budget(
         &self,
         budget: &Budget,
         cost: u32,
     ) -> Result<(Duration, f64), redis::RedisError> {
         let started = tokio::time::Instant::now();
-        let reservation = self.reserve_budget(budget, cost).await?;
+        let reservation = self.book(budget, cost).await?;
         if !reservation.wait.is_zero() {
             tokio::time::sleep(reservation.wait).await;
         }
@@ -523,8 +580,8 @@ impl Throttle {
     }
 
     /// The provider said "slow down": lower `scope`'s rate and pause it for `retry_after`,
-    /// for both lanes (the bulk part shares the scope's state). Returns the new rate
-    /// factor (1 = the configured rate).
+    /// for both lanes (the parts share the scope's state). Returns the new rate factor
+    /// (1 = the configured rate).
     pub async fn slow_down(
         &self,
         scope: &str,
@@ -533,7 +590,7 @@ impl Throttle {
         let retry_us = retry_after.map_or(0, |d| d.as_micros() as u64);
         match self.config.mode {
             Mode::Shared => {
-                let (_, state) = Self::keys(scope, false);
+                let [_, state, _] = Self::keys(scope, Lane::Bulk);
                 let mut conn = self.redis.clone();
                 let ppm: i64 = SLOW_DOWN_SCRIPT
                     .key(state)
@@ -546,28 +603,25 @@ impl Throttle {
                 Ok(ppm as f64 / 1e6)
             }
             Mode::Local => {
-                let local = self
+                let mut local = self
                     .local
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
-                let Some(s) = local.states.get(scope).cloned() else {
-                    return Ok(1.0);
-                };
-                drop(local);
+                let s = local.entry(scope.to_owned()).or_default();
                 let now = self.local_clock.now_us();
-                let factor = self.local_factor(&s, now);
-                let lowered = s.lowered_at_us.load(Ordering::SeqCst);
-                let factor = if lowered == NEVER || now.saturating_sub(lowered) >= 1_000_000 {
+                let factor = self.local_factor(s, now);
+                let factor = if s.lowered_at_us == NEVER
+                    || now.saturating_sub(s.lowered_at_us) >= 1_000_000
+                {
                     let f = (factor / 2.0).max(self.config.min_factor);
-                    s.factor_ppm.store((f * 1e6) as u64, Ordering::SeqCst);
-                    s.lowered_at_us.store(now, Ordering::SeqCst);
+                    s.factor_ppm = (f * 1e6) as u64;
+                    s.lowered_at_us = now;
                     f
                 } else {
                     factor
                 };
                 if retry_us > 0 {
-                    s.paused_until_us
-                        .fetch_max(now + retry_us, Ordering::SeqCst);
+                    s.paused_until_us = s.paused_until_us.max(now + retry_us);
                 }
                 Ok(factor)
             }
@@ -606,6 +660,107 @@ mod tests {
             error.contains("triggered_share") && error.contains("not 1.2"),
             "{error}"
         );
+    }
+
+    /// Drives [`decide`] for lanes of saturating tasks on a simulated clock (each task asks
+    /// again as soon as its previous message left, or when told to); returns the grants of
+    /// each lane, in µs.
+    fn simulate(share: f64, bulk_tasks: usize, triggered_tasks: usize) -> [Vec<f64>; 2] {
+        let interval = 10_000.0; // 100/s
+        let (mut whole, mut parts) = (0.0, [0.0, 0.0]);
+        let mut wake: Vec<(f64, usize)> = (0..bulk_tasks)
+            .map(|_| (0.0, 0))
+            .chain((0..triggered_tasks).map(|_| (3_700.0, 1)))
+            .collect();
+        let mut grants = [Vec::new(), Vec::new()];
+        loop {
+            let (i, &(now, lane)) = wake
+                .iter()
+                .enumerate()
+                .min_by(|a, b| a.1.0.total_cmp(&b.1.0))
+                .expect("tasks");
+            if now >= 10e6 {
+                return grants;
+            }
+            let fraction = if lane == 0 { 1.0 - share } else { share };
+            let ask = Ask {
+                now,
+                pause: 0.0,
+                interval,
+                burst: 1,
+                cost: 1,
+                fraction,
+            };
+            wake[i].0 = match decide(&mut whole, &mut parts[lane], ask) {
+                Decision::Booked(wait) => {
+                    grants[lane].push(now + wait);
+                    now + wait
+                }
+                Decision::NotYet(retry) => now + retry,
+            };
+        }
+    }
+
+    fn per_second(grants: &[f64]) -> Vec<usize> {
+        (0..10)
+            .map(|k| {
+                let second = f64::from(k) * 1e6..f64::from(k + 1) * 1e6;
+                grants.iter().filter(|t| second.contains(t)).count()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_lane_alone_uses_the_whole_rate_and_two_busy_lanes_split_it() {
+        let [bulk, triggered] = simulate(0.2, 8, 0);
+        assert!(triggered.is_empty());
+        assert!(per_second(&bulk).iter().all(|&n| n == 100), "{bulk:?}");
+        let [bulk, triggered] = simulate(0.2, 0, 3);
+        assert!(bulk.is_empty());
+        assert!(per_second(&triggered).iter().all(|&n| n == 100));
+        let [bulk, triggered] = simulate(0.2, 8, 3);
+        let (b, t) = (per_second(&bulk), per_second(&triggered));
+        for second in 1..10 {
+            assert_eq!(b[second] + t[second], 100, "second {second}: {b:?} {t:?}");
+            assert!(t[second] >= 20, "triggered {t:?}");
+            assert!(b[second] >= 78, "bulk {b:?}");
+        }
+    }
+
+    #[test]
+    fn a_message_within_its_part_waits_at_most_a_slot_behind_borrowers() {
+        let (mut whole, mut bulk, mut triggered) = (0.0, 0.0, 0.0);
+        let ask = |now: f64, fraction: f64| Ask {
+            now,
+            pause: 0.0,
+            interval: 10_000.0,
+            burst: 1,
+            cost: 1,
+            fraction,
+        };
+        // A blast asks for 50 messages at once: its part (80/s) and the lookahead let a
+        // few be booked; the rest are told to come back.
+        let booked = (0..50)
+            .filter(|_| {
+                matches!(
+                    decide(&mut whole, &mut bulk, ask(0.0, 0.8)),
+                    Decision::Booked(_)
+                )
+            })
+            .count();
+        assert!(booked <= 2, "{booked} booked at once");
+        match decide(&mut whole, &mut triggered, ask(0.0, 0.2)) {
+            Decision::Booked(wait) => assert!(wait <= 20_000.0, "waited {wait} µs"),
+            other => panic!("{other:?}"),
+        }
+        // With no parts (share 0), everything is booked in turn.
+        let (mut whole, mut none) = (0.0, 0.0);
+        for k in 0..50 {
+            assert_eq!(
+                decide(&mut whole, &mut none, ask(0.0, 0.0)),
+                Decision::Booked(f64::from(k) * 10_000.0)
+            );
+        }
     }
 
     #[test]

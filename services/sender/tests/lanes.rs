@@ -2,7 +2,7 @@
 //! Brevo stand-ins: sequence steps published on the triggered outbound topics are
 //! consumed there and sent, their feedback naming the step; published behind a blast's
 //! backlog on the same provider, they go out long before the backlog ends, and the blast
-//! keeps to its part of the provider's rate.
+//! uses the rest of the provider's rate, no more.
 
 mod support;
 
@@ -47,7 +47,8 @@ async fn triggered_messages_are_sent_first_and_name_their_step() {
         ..Default::default()
     })
     .await;
-    // 50 parts a second at Twilio: the blast may use 80 % of it (the default share).
+    // 50 parts a second at Twilio: the blast is assured 80 % of it (the default share), and
+    // may use all of it while no step is waiting.
     let mut extra =
         support::http_provider("twilio_lanes", "twilio", "sms", standin.base(), Some(50.0));
     extra.extend(support::http_provider(
@@ -156,10 +157,10 @@ async fn triggered_messages_are_sent_first_and_name_their_step() {
         blast_after >= 100,
         "only {blast_after} of the blast's {BLAST} SMS were sent after the last step's"
     );
-    // The blast keeps to its part (80 % of 50/s, with the 98 % headroom: 39.2/s), the
-    // whole to the rate. Arrival times at the stand-in (in this process, on a busy
-    // machine) bunch up by a few messages, so the blast's part shows in its rate over its
-    // whole run; the exact budgets are `throttle.rs`'s tests.
+    // The whole keeps to the rate (50/s, with the 98 % headroom: 49/s), and the blast,
+    // alone most of the time, uses nearly all of it, not just its part (39.2/s). Arrival
+    // times at the stand-in (in this process, on a busy machine) bunch up by a few
+    // messages; the exact budgets are `throttle.rs`'s tests.
     let blast_ms: Vec<(i64, u32)> = arrivals
         .iter()
         .filter(|(_, s)| !s)
@@ -173,6 +174,9 @@ async fn triggered_messages_are_sent_first_and_name_their_step() {
     println!(
         "the blast at {blast_rate:.1}/s (busiest second {blast_busiest}), busiest second of all {busiest}"
     );
-    assert!(blast_rate <= 40.0, "the blast went at {blast_rate:.1}/s");
+    assert!(
+        (44.0..=49.5).contains(&blast_rate),
+        "the blast went at {blast_rate:.1}/s"
+    );
     assert!(busiest <= 50, "{busiest} in one second");
 }

@@ -1,9 +1,9 @@
 //! Provider budgets against the real Redis, with a controlled clock: the grants that three
 //! sender instances get from one shared budget never exceed the limit over any second,
 //! the achieved rate is the configured one, a slow-down halves it and pauses it for the
-//! `Retry-After`, and it recovers. The triggered lane's share: under a saturating blast,
-//! triggered messages get at least their share and wait no more than a slot, the blast
-//! never more than the rest, the whole never more than the rate, in both modes.
+//! `Retry-After`, and it recovers. The lanes, in both modes: a lane alone uses the whole
+//! rate, two busy lanes each get at least their part, a triggered message waits no more
+//! than three slots under a saturating blast, and the whole never exceeds the rate.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -290,6 +290,10 @@ async fn simulate_shared(
             .await
             .expect("reserve");
         let at = wake + r.wait.as_micros() as u64;
+        if !r.booked {
+            task.wake = at;
+            continue;
+        }
         if task.step + 1 < budgets.len() {
             task.step += 1;
             task.wake = at;
@@ -329,54 +333,53 @@ const RATE: Limit = Limit {
     burst: 1,
 };
 
+/// Every second after the first: the whole rate used, never more, and each busy lane at
+/// least its part.
+fn assert_split(run: &Run, t0: u64, bulk_tasks: bool, triggered_tasks: bool) {
+    let all = max_in_window(&run.of(None), 1_000_000);
+    assert!(all <= 100, "never above the rate over any second: {all}");
+    let bulk = run.per_second(Lane::Bulk, t0, 10);
+    let triggered = run.per_second(Lane::Triggered, t0, 10);
+    println!("per second: bulk {bulk:?}, triggered {triggered:?}");
+    for second in 1..10 {
+        let (b, t) = (bulk[second], triggered[second]);
+        assert!(
+            b + t >= 99,
+            "second {second}: the whole rate used, {b} + {t}"
+        );
+        if bulk_tasks && triggered_tasks {
+            assert!(t >= 20, "second {second}: triggered {t}, below its part");
+            assert!(b >= 78, "second {second}: bulk {b}, below its part");
+        }
+    }
+}
+
 #[tokio::test]
-async fn shared_a_blast_leaves_the_triggered_share_free() {
+async fn shared_a_lane_alone_uses_the_whole_rate_and_two_busy_lanes_split_it() {
     let conn = redis().await;
     let t0 = 1_800_000_000_000_000u64;
-    let clock = Arc::new(AtomicU64::new(t0));
-    let throttle = Throttle::new(
-        with_share(Mode::Shared, 0.2),
-        conn,
-        Clock::Manual(clock.clone()),
-    );
-    let scope = stack::unique("lanes");
     // 32 bulk tasks (a blast's backlog, as many as a provider's calls in flight) and 2
     // triggered ones, all asking as fast as they are served, for 10 s. (Served in turn
-    // from one budget, the two would get 2/34 of it.)
-    let run = simulate_shared(&throttle, &clock, &scope, RATE, tasks(t0, 32, 2, None), 10).await;
-    let all = max_in_window(&run.of(None), 1_000_000);
-    let bulk = max_in_window(&run.of(Some(Lane::Bulk)), 1_000_000);
-    assert!(all <= 100, "never above the rate over any second: {all}");
-    assert!(
-        bulk <= 80,
-        "a blast alone never above rate × (1 − share): {bulk}"
-    );
-    // Every whole second after the first, the triggered lane got at least its share.
-    let triggered = run.per_second(Lane::Triggered, t0, 10);
-    println!(
-        "shared, per second: bulk {:?}, triggered {triggered:?}",
-        run.per_second(Lane::Bulk, t0, 10)
-    );
-    assert!(
-        triggered[1..].iter().all(|&n| n >= 20),
-        "triggered per second: {triggered:?}"
-    );
-    let total: Vec<usize> = run
-        .per_second(Lane::Bulk, t0, 10)
-        .iter()
-        .zip(&triggered)
-        .map(|(b, t)| b + t)
-        .collect();
-    assert!(
-        total[1..].iter().all(|&n| n >= 99),
-        "the whole rate is used: {total:?}"
-    );
-    // Nor does a saturating triggered lane starve the blast: it keeps most of its part.
-    let bulk = run.per_second(Lane::Bulk, t0, 10);
-    assert!(
-        bulk[1..].iter().all(|&n| n >= 60),
-        "bulk per second: {bulk:?}"
-    );
+    // from one budget, the two would get 2/34 of it.) Then each lane alone.
+    for (bulk, triggered) in [(32, 2), (32, 0), (0, 2)] {
+        let clock = Arc::new(AtomicU64::new(t0));
+        let throttle = Throttle::new(
+            with_share(Mode::Shared, 0.2),
+            conn.clone(),
+            Clock::Manual(clock.clone()),
+        );
+        let scope = stack::unique("lanes");
+        let run = simulate_shared(
+            &throttle,
+            &clock,
+            &scope,
+            RATE,
+            tasks(t0, bulk, triggered, None),
+            10,
+        )
+        .await;
+        assert_split(&run, t0, bulk > 0, triggered > 0);
+    }
 }
 
 #[tokio::test]
@@ -409,18 +412,20 @@ async fn shared_a_triggered_message_does_not_queue_behind_a_blast() {
                 40,
                 "every 250 ms, each served"
             );
-            let bulk = max_in_window(&run.of(Some(Lane::Bulk)), 1_000_000);
-            assert!(bulk <= 80, "the blast's busiest second: {bulk}");
+            // The blast takes what the triggered lane leaves.
+            assert_split(&run, t0, true, false);
         }
         waits.push(run.triggered_waits_us.iter().copied().max().unwrap_or(0));
     }
-    // With the share, at most one slot of the provider (10 ms); without it, behind the
-    // blast's whole backlog of reservations (so it is also served less often).
+    // With the share, at most three slots of the provider (10 ms each: the lookahead, the
+    // slot a borrowing blast message booked there, and one the blast booked within its
+    // part); without it, behind the blast's whole backlog of reservations (so it is also
+    // served less often).
     println!(
         "longest triggered wait: {} µs with a share, {} µs without",
         waits[0], waits[1]
     );
-    assert!(waits[0] <= 10_000, "with a share: {} µs", waits[0]);
+    assert!(waits[0] <= 30_000, "with a share: {} µs", waits[0]);
     assert!(waits[1] >= 300_000, "without a share: {} µs", waits[1]);
 }
 
@@ -441,44 +446,45 @@ async fn shared_a_slow_down_applies_to_both_lanes() {
         .expect("slow down");
     let bulk = throttle.budgets(Lane::Bulk, &[(scope.clone(), RATE)]);
     let triggered = throttle.budgets(Lane::Triggered, &[(scope.clone(), RATE)]);
-    assert_eq!(bulk.len(), 2, "the bulk part, then the scope");
-    assert!(bulk[0].bulk_part && !bulk[1].bulk_part);
-    assert_eq!(triggered.len(), 1);
-    // Both the bulk part and the scope are paused for the Retry-After, at half their rate.
+    assert_eq!((bulk.len(), triggered.len()), (1, 1));
+    // Both lanes are paused for the Retry-After, at half the rate.
     let a = throttle.reserve_budget(&bulk[0], 1).await.expect("reserve");
+    assert!(a.booked);
+    assert_eq!((a.wait, a.rate), (Duration::from_secs(2), 50.0));
+    // The blast's part (80/s, now 40/s) is spent and the scope is booked 2 s ahead: a
+    // second blast message borrows nothing, and is told to come back when its part has
+    // room again.
     let b = throttle.reserve_budget(&bulk[0], 1).await.expect("reserve");
-    assert_eq!(a.wait, Duration::from_secs(2));
-    assert_eq!(
-        b.wait - a.wait,
-        Duration::from_micros(25_000),
-        "40/s: half of 80/s"
-    );
+    assert!(!b.booked);
+    assert_eq!(b.wait, Duration::from_micros(25_000), "40/s: half of 80/s");
     let c = throttle
         .reserve_budget(&triggered[0], 1)
         .await
         .expect("reserve");
-    assert_eq!(c.wait, Duration::from_secs(2));
-    assert_eq!(c.rate, 50.0);
+    assert!(c.booked);
+    assert_eq!(
+        (c.wait, c.rate),
+        (Duration::from_millis(2_020), 50.0),
+        "after the blast's message, at 50/s"
+    );
 
-    // With a sender identity too: both bulk parts first, then both scopes; no budget for
-    // an unlimited scope.
+    // With a sender identity too: the provider, then the identity; no budget for an
+    // unlimited scope.
     let scopes = [
         ("p".to_owned(), RATE),
         ("p:from@x".to_owned(), RATE),
         ("q".to_owned(), Limit::UNLIMITED),
     ];
-    let order: Vec<(String, bool)> = throttle
+    let order: Vec<(String, Lane)> = throttle
         .budgets(Lane::Bulk, &scopes)
         .into_iter()
-        .map(|b| (b.scope, b.bulk_part))
+        .map(|b| (b.scope, b.lane))
         .collect();
     assert_eq!(
         order,
         [
-            ("p".to_owned(), true),
-            ("p:from@x".to_owned(), true),
-            ("p".to_owned(), false),
-            ("p:from@x".to_owned(), false),
+            ("p".to_owned(), Lane::Bulk),
+            ("p:from@x".to_owned(), Lane::Bulk)
         ]
     );
     assert_eq!(throttle.budgets(Lane::Triggered, &scopes).len(), 2);
@@ -527,49 +533,21 @@ async fn simulate_local(throttle: Arc<Throttle>, tasks: Vec<(Lane, Option<Durati
 }
 
 #[tokio::test]
-async fn local_a_blast_leaves_the_triggered_share_free() {
+async fn local_a_lane_alone_uses_the_whole_rate_and_two_busy_lanes_split_it() {
     let conn = redis().await;
     // From here on tokio's time moves only when every task waits (connected first).
     tokio::time::pause();
-    let throttle = Arc::new(Throttle::new(
-        with_share(Mode::Local, 0.2),
-        conn,
-        Clock::Redis,
-    ));
-    let tasks = std::iter::repeat_n((Lane::Bulk, None), 32)
-        .chain(std::iter::repeat_n((Lane::Triggered, None), 2))
-        .collect();
-    let run = simulate_local(throttle, tasks).await;
-    let all = max_in_window(&run.of(None), 1_000_000);
-    let bulk = max_in_window(&run.of(Some(Lane::Bulk)), 1_000_000);
-    assert!(all <= 100, "never above the rate over any second: {all}");
-    assert!(
-        bulk <= 80,
-        "a blast alone never above rate × (1 − share): {bulk}"
-    );
-    let triggered = run.per_second(Lane::Triggered, 0, 10);
-    let bulk = run.per_second(Lane::Bulk, 0, 10);
-    println!("local, per second: bulk {bulk:?}, triggered {triggered:?}");
-    // governor's GCRA counts a late check as the start of the next interval, and tokio's
-    // timer wakes up to a millisecond late: the local mode sends a little below the rate
-    // (a known cost of the mode), and that shortfall comes out of the triggered lane's
-    // reservation, since the blast's part (80/s) is filled first: measured 77 + 14 of 100
-    // on this build (71 + 19 on another). The shared mode, the default, keeps the share
-    // exactly (`shared_a_blast_leaves_the_triggered_share_free`). Every second after the
-    // first: the blast no more than its part, the triggered lane at least half its share.
-    for (second, (&b, &t)) in bulk.iter().zip(&triggered).enumerate().skip(1) {
-        assert!(b + t >= 85, "second {second}: {b} + {t} sent");
-        // Nor does a saturating triggered lane starve the blast (tasks take their turns).
-        assert!(b >= 60, "second {second}: the blast got {b}");
-        assert!(
-            b <= 80,
-            "second {second}: the blast got {b}, above its part"
-        );
-        assert!(
-            t * 10 >= b + t,
-            "second {second}: triggered {t} of {}",
-            b + t
-        );
+    for (bulk, triggered) in [(32, 2), (32, 0), (0, 2)] {
+        let throttle = Arc::new(Throttle::new(
+            with_share(Mode::Local, 0.2),
+            conn.clone(),
+            Clock::Redis,
+        ));
+        let tasks = std::iter::repeat_n((Lane::Bulk, None), bulk)
+            .chain(std::iter::repeat_n((Lane::Triggered, None), triggered))
+            .collect();
+        let run = simulate_local(throttle, tasks).await;
+        assert_split(&run, 0, bulk > 0, triggered > 0);
     }
 }
 
@@ -588,10 +566,10 @@ async fn local_a_triggered_message_does_not_queue_behind_a_blast() {
         .collect();
     let run = simulate_local(throttle, tasks).await;
     assert!(max_in_window(&run.of(None), 1_000_000) <= 100);
-    assert!(max_in_window(&run.of(Some(Lane::Bulk)), 1_000_000) <= 80);
     assert_eq!(run.triggered_waits_us.len(), 40);
     let longest = run.triggered_waits_us.iter().copied().max().unwrap_or(0);
     println!("local: longest triggered wait {longest} µs");
-    // One cell of the provider (10 ms), and tokio's timer rounds to the millisecond.
-    assert!(longest <= 11_000, "a triggered message waited {longest} µs");
+    // Three slots of the provider (10 ms each, as in the shared mode), and tokio's timer
+    // rounds to the millisecond.
+    assert!(longest <= 31_000, "a triggered message waited {longest} µs");
 }

@@ -28,10 +28,6 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use lettre::Message;
-use lettre::message::dkim::{
-    DkimCanonicalization, DkimCanonicalizationType, DkimConfig, DkimSigningAlgorithm,
-    DkimSigningKey,
-};
 use lettre::message::header::{HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart};
 use lettre::transport::smtp::authentication::Credentials;
@@ -41,6 +37,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use self::pool::{Endpoint, Failure, Pool, Security};
+use super::dkim::DkimSigner;
 use super::{Accepted, Outgoing, Permanent, Provider, SendError};
 
 /// How the connection is secured.
@@ -93,7 +90,7 @@ pub struct DkimSettings {
     pub selector: String,
     pub domain: String,
     pub algorithm: DkimAlgorithm,
-    /// RSA: PKCS#1 PEM; Ed25519: the base64 32-byte secret. From the environment
+    /// RSA: PEM, PKCS#1 or PKCS#8, 2048 to 8192 bits; Ed25519: the base64 32-byte secret. From the environment
     /// (`TOCSIN__SENDER__PROVIDERS__NAME__API__DKIM__PRIVATE_KEY`).
     pub private_key: SecretString,
 }
@@ -129,7 +126,7 @@ pub enum SmtpSetupError {
 pub struct SmtpProvider {
     name: String,
     pool: Pool,
-    dkim: Option<DkimConfig>,
+    dkim: Option<DkimSigner>,
 }
 
 impl std::fmt::Debug for SmtpProvider {
@@ -175,7 +172,7 @@ impl SmtpProvider {
             credentials,
             timeout: Duration::from_millis(config.timeout_ms),
         };
-        let dkim = config.dkim.as_ref().map(dkim_config).transpose()?;
+        let dkim = config.dkim.as_ref().map(dkim_signer).transpose()?;
         Ok(SmtpProvider {
             name: name.to_owned(),
             pool: Pool::new(endpoint, config.pool_size),
@@ -227,27 +224,13 @@ fn implicit_tls(host: &str, ca_pem: Option<&[u8]>) -> Result<Security, SmtpSetup
     })
 }
 
-fn dkim_config(settings: &DkimSettings) -> Result<DkimConfig, SmtpSetupError> {
-    let algorithm = match settings.algorithm {
-        DkimAlgorithm::Rsa => DkimSigningAlgorithm::Rsa,
-        DkimAlgorithm::Ed25519 => DkimSigningAlgorithm::Ed25519,
-    };
-    let key = DkimSigningKey::new(settings.private_key.expose_secret().trim(), algorithm)
-        .map_err(|e| SmtpSetupError::DkimKey(e.to_string()))?;
-    let headers = SIGNED_HEADERS
-        .iter()
-        .map(|h| HeaderName::new_from_ascii_str(h))
-        .collect();
-    Ok(DkimConfig::new(
-        settings.selector.clone(),
-        settings.domain.clone(),
-        key,
-        headers,
-        DkimCanonicalization {
-            header: DkimCanonicalizationType::Relaxed,
-            body: DkimCanonicalizationType::Relaxed,
-        },
-    ))
+fn dkim_signer(settings: &DkimSettings) -> Result<DkimSigner, SmtpSetupError> {
+    let key = settings.private_key.expose_secret();
+    match settings.algorithm {
+        DkimAlgorithm::Rsa => DkimSigner::rsa(&settings.domain, &settings.selector, key),
+        DkimAlgorithm::Ed25519 => DkimSigner::ed25519(&settings.domain, &settings.selector, key),
+    }
+    .map_err(|e| SmtpSetupError::DkimKey(e.to_string()))
 }
 
 /// The lettre message for a rendered e-mail: what the renderer decided, unchanged.
@@ -354,11 +337,18 @@ impl Provider for SmtpProvider {
                     format!("{} sends e-mail only", self.name),
                 ));
             };
-            let mut built = build_message(email)?;
+            let built = build_message(email)?;
+            let mut formatted = built.formatted();
             if let Some(dkim) = &self.dkim {
-                built.sign(dkim);
+                // A 2048-bit RSA signature takes about a millisecond with ring: short
+                // enough to stay on the runtime's thread.
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64);
+                formatted = dkim
+                    .sign(&formatted, now)
+                    .map_err(|e| SendError::transient(format!("DKIM: {e}")))?;
             }
-            let formatted = built.formatted();
             match self.pool.send(built.envelope(), &formatted).await {
                 Ok(response) => Ok(Accepted {
                     provider_message_id: queue_id(&response),
