@@ -166,9 +166,10 @@ env "${stack_env[@]}" "$BIN/tocsin-loadgen" --json ceiling --count "$EXPECTED" -
   >"$RUN_DIR/ceiling.json" 2>"$RUN_DIR/ceiling.log" || die "the ceiling run failed; see $RUN_DIR/ceiling.log"
 
 python3 - "$RUN_DIR" "$SCENARIO_NAME" "$SCENARIO_DESCRIPTION" "$CONTACTS" "$SMS_RATE" "$CHANNEL" \
-  "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- services || echo +)" "$BUILD" >"$RUN_DIR/report.json" <<'PY'
+  "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- services || echo +)" "$BUILD" \
+  "$DKIM_ALGORITHM" >"$RUN_DIR/report.json" <<'PY'
 import json, os, platform, sys, time
-run_dir, name, description, contacts, sms_rate, channel, commit, build = sys.argv[1:]
+run_dir, name, description, contacts, sms_rate, channel, commit, build, dkim = sys.argv[1:]
 load = lambda f: json.load(open(os.path.join(run_dir, f)))
 blast, stats = load("follow.json"), load("standin-stats.json")
 provider = stats.get("smtp", {}) if channel == "email" else stats.get("twilio", {})
@@ -176,6 +177,7 @@ seconds = max((blast["last_sent_ms"] - blast["first_job_ms"]) / 1000, 0.001)
 report = {
     "scenario": name, "description": description, "contacts": int(contacts),
     "date": time.strftime("%Y-%m-%d"), "commit": commit, "build": build,
+    "dkim": dkim if channel == "email" else None,
     "machine": f"{os.cpu_count()} cores, {platform.machine()}",
     "published_per_second": load("loadgen.json")["events_per_second"],
     "blast": blast, "ceiling": load("ceiling.json"), "peak_rss_mb": load("rss.json"),

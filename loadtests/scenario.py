@@ -16,6 +16,8 @@ A scenario's fields (every one but `description` and `contacts` optional):
   standin_args  extra tocsin-standins flags, e.g. ["--error-rate", "0.2"] ([])
   probes        triggered-lane probes timed during the blast (0)
   stall_s       give up when no message ended for this long (120)
+  dkim          the sender's DKIM signature on e-mail: "rsa" (2048 bits, the local
+                configuration's) or "ed25519" (RFC 8463) ("rsa")
 """
 
 import json
@@ -32,6 +34,7 @@ FIELDS = {
     "standin_args": list,
     "probes": int,
     "stall_s": int,
+    "dkim": str,
 }
 
 
@@ -49,6 +52,8 @@ def load(path):
             sys.exit(f"{path}: {required} is required")
     if scenario.get("channel", "email") not in ("email", "sms"):
         sys.exit(f"{path}: channel must be email or sms")
+    if scenario.get("dkim", "rsa") not in ("rsa", "ed25519"):
+        sys.exit(f"{path}: dkim must be rsa or ed25519")
     return scenario
 
 
@@ -64,6 +69,7 @@ def shell(path):
         "SMS_RATE": s.get("sms_rate", 0),
         "PROBES": s.get("probes", 0),
         "STALL_S": s.get("stall_s", 120),
+        "DKIM_ALGORITHM": s.get("dkim", "rsa"),
     }
     for key, value in values.items():
         print(f"{key}={shlex.quote(str(value))}")
@@ -76,7 +82,8 @@ def report(path):
     def row(what, value):
         print(f"  {what:<44} {value}")
     print(f"{r['scenario']}: {r['description']}")
-    print(f"  ({r['date']}, commit {r['commit']}, {r['build']} build, {r['machine']})")
+    dkim = f", DKIM {r['dkim']}" if r.get("dkim") else ""
+    print(f"  ({r['date']}, commit {r['commit']}, {r['build']} build, {r['machine']}{dkim})")
     row("recipients", f"{r['contacts']:,} contacts, {blast['expected']:,} with consent")
     row("published into tocsin.segments", f"{r['published_per_second']:,.0f} events/s")
     span = max(blast["last_sent_ms"] - blast["first_job_ms"], 0) / 1000 if blast["last_sent_ms"] else 0

@@ -68,6 +68,9 @@ port_open() { (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null; }
 stack_env=()
 [ -z "${TOCSIN_BROKER_PORT:-}" ] || stack_env+=(TOCSIN__KAFKA__BROKERS="127.0.0.1:$TOCSIN_BROKER_PORT")
 [ -z "${TOCSIN_REDIS_PORT:-}" ] || stack_env+=(TOCSIN__REDIS__URL="redis://127.0.0.1:$TOCSIN_REDIS_PORT/0")
+# Tansu answers a fetch only when its wait expires: the bulk hops fetch every 50 ms, not
+# every 500 (three times the throughput; `bulk_fetch_wait_ms` in config/default.toml).
+stack_env+=(TOCSIN__KAFKA__BULK_FETCH_WAIT_MS="${TOCSIN_BULK_FETCH_WAIT_MS:-50}")
 
 # ---------------------------------------------------------------------------------------
 # Processes: started here, stopped on exit (by their own pid), never the stack.
@@ -149,12 +152,27 @@ start_services() {
   tocsin() { "$BIN/tocsin" "$@"; }
 
   mkdir -p "$DEMO"
-  DKIM_KEY="$DEMO/dkim-rsa.pem"
-  if [ ! -s "$DKIM_KEY" ]; then
-    say "making the demo's DKIM key ($DKIM_KEY)"
-    (umask 077 && openssl genrsa -traditional -out "$DKIM_KEY" 2048 2>/dev/null)
+  # DKIM_ALGORITHM=ed25519 (set by the caller): the sender signs with Ed25519 (RFC 8463)
+  # instead of the local configuration's RSA, about twenty times cheaper per message.
+  if [ "${DKIM_ALGORITHM:-rsa}" = ed25519 ]; then
+    DKIM_KEY="$DEMO/dkim-ed25519.pem"
+    if [ ! -s "$DKIM_KEY" ]; then
+      say "making the DKIM key ($DKIM_KEY)"
+      (umask 077 && openssl genpkey -algorithm ed25519 -out "$DKIM_KEY" 2>/dev/null)
+    fi
+    # The sender takes the base64 of the 32-byte secret: the last 32 bytes of the DER.
+    DKIM_SECRET=$(openssl pkey -in "$DKIM_KEY" -outform DER 2>/dev/null | tail -c 32 | base64 -w0)
+    DKIM_TXT="v=DKIM1; k=ed25519; p=$(openssl pkey -in "$DKIM_KEY" -pubout -outform DER 2>/dev/null | tail -c 32 | base64 -w0)"
+    SENDER_ENV+=(TOCSIN__SENDER__PROVIDERS__SMTP_LOCAL__API__DKIM__ALGORITHM=ed25519)
+  else
+    DKIM_KEY="$DEMO/dkim-rsa.pem"
+    if [ ! -s "$DKIM_KEY" ]; then
+      say "making the demo's DKIM key ($DKIM_KEY)"
+      (umask 077 && openssl genrsa -traditional -out "$DKIM_KEY" 2048 2>/dev/null)
+    fi
+    DKIM_SECRET=$(cat "$DKIM_KEY")
+    DKIM_TXT="v=DKIM1; k=rsa; p=$(openssl rsa -in "$DKIM_KEY" -pubout -outform DER 2>/dev/null | base64 -w0)"
   fi
-  DKIM_TXT="v=DKIM1; k=rsa; p=$(openssl rsa -in "$DKIM_KEY" -pubout -outform DER 2>/dev/null | base64 -w0)"
 
   say "starting tocsin-standins, tocsin-planner, tocsin-renderer, tocsin-sender, tocsin-tracker, tocsin-api (logs in $DEMO)"
   # The stand-in calls the tracker back with each SMS's signed status, as Twilio does.
@@ -177,8 +195,7 @@ start_services() {
   # The secrets are exported in the sender's own process only, never on a command line.
   run_sender() {
     export TOCSIN__SENDER__PROVIDERS__SMTP_LOCAL__API__PASSWORD="$SMTP_PASSWORD"
-    TOCSIN__SENDER__PROVIDERS__SMTP_LOCAL__API__DKIM__PRIVATE_KEY=$(cat "$DKIM_KEY")
-    export TOCSIN__SENDER__PROVIDERS__SMTP_LOCAL__API__DKIM__PRIVATE_KEY
+    export TOCSIN__SENDER__PROVIDERS__SMTP_LOCAL__API__DKIM__PRIVATE_KEY="$DKIM_SECRET"
     export TOCSIN__SENDER__PROVIDERS__TWILIO_LOCAL__API__AUTH_TOKEN="$TWILIO_AUTH_TOKEN"
     exec env "${stack_env[@]}" "${sender_env[@]}" TOCSIN__HTTP__LISTEN="$1" "$BIN/tocsin-sender"
   }

@@ -150,12 +150,9 @@ pub struct ConsumerSpec {
     pub dlq_topic: String,
     /// A hop where every millisecond counts (the triggered lane, the CRM's segment
     /// events): fetches wait at most `[kafka] low_latency_fetch_wait_ms`, instead of
-    /// librdkafka's 500 ms, for more requests to the broker when the topic is quiet.
+    /// `bulk_fetch_wait_ms`, for more requests to the broker when the topic is quiet.
     pub low_latency: bool,
 }
-
-/// librdkafka's default `fetch.wait.max.ms`, kept for the bulk hops.
-const LIBRDKAFKA_FETCH_WAIT_MS: u64 = 500;
 
 type TopicPartition = (Arc<str>, i32);
 
@@ -254,9 +251,13 @@ pub async fn run_consumer<H: Handler>(
             if spec.low_latency {
                 config.low_latency_fetch_wait_ms
             } else {
-                LIBRDKAFKA_FETCH_WAIT_MS
+                config.bulk_fetch_wait_ms
             }
             .to_string(),
+        )
+        .set(
+            "queued.max.messages.kbytes",
+            config.prefetch_kbytes.to_string(),
         )
         .set(
             "statistics.interval.ms",

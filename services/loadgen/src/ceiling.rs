@@ -77,6 +77,11 @@ pub async fn run(ceiling: &Ceiling) -> Result<CeilingReport, String> {
             )
             .set("enable.auto.commit", "true")
             .set("auto.offset.reset", "earliest")
+            // As the services' bulk consumers fetch.
+            .set(
+                "fetch.wait.max.ms",
+                ceiling.kafka.bulk_fetch_wait_ms.to_string(),
+            )
             .create()
             .map_err(|e| e.to_string())?;
         c.subscribe(&[topics[hop].name.as_str()])

@@ -4,6 +4,10 @@ use anyhow::Context;
 use tocsin_runtime::ConfigLoader;
 use tocsin_sender::Config;
 
+/// mimalloc, not glibc's malloc: see `mimalloc` in the workspace's Cargo.toml.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config: Config = ConfigLoader::from_process(Some(tocsin_sender::config::DEFAULTS))

@@ -8,6 +8,10 @@ use anyhow::Context;
 use clap::Parser;
 use tocsin_standins::{Config, Credentials, Faults, Provider};
 
+/// mimalloc, not glibc's malloc: see `mimalloc` in the workspace's Cargo.toml.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "tocsin-standins",

@@ -237,13 +237,14 @@ fn relaxed_body(body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len());
     let mut empty_lines = 0usize;
     let mut lines = body.split(|&b| b == b'\n').peekable();
+    let mut canonical = Vec::with_capacity(128);
     while let Some(line) = lines.next() {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         // The piece after the last CRLF is not a line unless it has content.
         if lines.peek().is_none() && line.is_empty() {
             break;
         }
-        let mut canonical = Vec::with_capacity(line.len());
+        canonical.clear();
         let mut pending_space = false;
         for &b in line {
             if b == b' ' || b == b'\t' {
