@@ -40,6 +40,7 @@ SENDER_ENV=(
   TOCSIN__SENDER__PROVIDERS__SMTP_LOCAL__API__PORT="${SMTP_SINK#*:}"
   TOCSIN__SENDER__PROVIDERS__SMTP_LOCAL__API__TLS=none
 )
+[ -z "$HEADROOM" ] || SENDER_ENV+=(TOCSIN__SENDER__THROTTLE__HEADROOM="$HEADROOM")
 if [ "$SMS_RATE" != 0 ]; then
   STANDIN_ARGS+=(--rate-limit "twilio=$SMS_RATE")
   SENDER_ENV+=(TOCSIN__SENDER__PROVIDERS__TWILIO_LOCAL__RATE__PER_SECOND="$SMS_RATE")
@@ -167,9 +168,9 @@ env "${stack_env[@]}" "$BIN/tocsin-loadgen" --json ceiling --count "$EXPECTED" -
 
 python3 - "$RUN_DIR" "$SCENARIO_NAME" "$SCENARIO_DESCRIPTION" "$CONTACTS" "$SMS_RATE" "$CHANNEL" \
   "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- services || echo +)" "$BUILD" \
-  "$DKIM_ALGORITHM" >"$RUN_DIR/report.json" <<'PY'
+  "$DKIM_ALGORITHM" "$HEADROOM" >"$RUN_DIR/report.json" <<'PY'
 import json, os, platform, sys, time
-run_dir, name, description, contacts, sms_rate, channel, commit, build, dkim = sys.argv[1:]
+run_dir, name, description, contacts, sms_rate, channel, commit, build, dkim, headroom = sys.argv[1:]
 load = lambda f: json.load(open(os.path.join(run_dir, f)))
 blast, stats = load("follow.json"), load("standin-stats.json")
 provider = stats.get("smtp", {}) if channel == "email" else stats.get("twilio", {})
@@ -178,6 +179,7 @@ report = {
     "scenario": name, "description": description, "contacts": int(contacts),
     "date": time.strftime("%Y-%m-%d"), "commit": commit, "build": build,
     "dkim": dkim if channel == "email" else None,
+    "headroom": float(headroom) if headroom else None,
     "machine": f"{os.cpu_count()} cores, {platform.machine()}",
     "published_per_second": load("loadgen.json")["events_per_second"],
     "blast": blast, "ceiling": load("ceiling.json"), "peak_rss_mb": load("rss.json"),

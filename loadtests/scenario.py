@@ -16,6 +16,8 @@ A scenario's fields (every one but `description` and `contacts` optional):
   standin_args  extra tocsin-standins flags, e.g. ["--error-rate", "0.2"] ([])
   probes        triggered-lane probes timed during the blast (0)
   stall_s       give up when no message ended for this long (120)
+  headroom      the senders' `[sender.throttle] headroom`: the fraction of each limit they
+                use (config/sender.toml's 0.98)
   dkim          the sender's DKIM signature on e-mail: "rsa" (2048 bits, the local
                 configuration's) or "ed25519" (RFC 8463) ("rsa")
 """
@@ -35,6 +37,7 @@ FIELDS = {
     "probes": int,
     "stall_s": int,
     "dkim": str,
+    "headroom": (int, float),
 }
 
 
@@ -52,6 +55,8 @@ def load(path):
             sys.exit(f"{path}: {required} is required")
     if scenario.get("channel", "email") not in ("email", "sms"):
         sys.exit(f"{path}: channel must be email or sms")
+    if not 0 < scenario.get("headroom", 0.98) <= 1:
+        sys.exit(f"{path}: headroom must be above 0 and at most 1")
     if scenario.get("dkim", "rsa") not in ("rsa", "ed25519"):
         sys.exit(f"{path}: dkim must be rsa or ed25519")
     return scenario
@@ -70,6 +75,7 @@ def shell(path):
         "PROBES": s.get("probes", 0),
         "STALL_S": s.get("stall_s", 120),
         "DKIM_ALGORITHM": s.get("dkim", "rsa"),
+        "HEADROOM": s.get("headroom", ""),
     }
     for key, value in values.items():
         print(f"{key}={shlex.quote(str(value))}")
@@ -97,7 +103,11 @@ def report(path):
     row("sent / not sent / missing", f"{blast['sent']:,} / {blast['not_sent']:,} / {blast['missing']:,}")
     row("duplicates", f"provider {r['provider_duplicates']}, feedback {blast['sent_twice']}")
     if r.get("sms_rate"):
-        row("throttled rate", f"{r['achieved_parts_per_second']:.1f} parts/s against a limit of {r['sms_rate']} ({100 * r['achieved_parts_per_second'] / r['sms_rate']:.1f} %)")
+        achieved, limit = r["achieved_parts_per_second"], r["sms_rate"]
+        headroom = r.get("headroom") or 0.98
+        row("throttled rate", f"{achieved:.1f} parts/s against a limit of {limit:g} ({100 * achieved / limit:.1f} %; "
+            f"{100 * achieved / (limit * headroom):.1f} % of the {100 * headroom:g} % the senders aim at)")
+        row("refused for rate by the provider", f"{r['provider'].get('rejected', {}).get('rate_limited', 0):,} calls")
     if r.get("probes"):
         p = r["probes"]
         row("triggered lane during the blast", f"p50 {p['p50_ms']:.0f} ms, p99 {p['p99_ms']:.0f} ms, max {p['max_ms']:.0f} ms ({p['received']} of {p['probes']})")
