@@ -175,8 +175,8 @@ pub struct Throttle {
     local_clock: TokioClock,
     /// Local mode: each scope's state, by scope.
     local: Mutex<HashMap<String, LocalScope>>,
-    /// Whose turn it is to ask, by scope and lane (see [`Throttle::book`]).
-    turns: Mutex<HashMap<(String, Lane), Turn>>,
+    /// Whose turn it is to ask, by scope, then lane (see [`Throttle::book`]).
+    turns: Mutex<HashMap<String, [Turn; 2]>>,
 }
 
 /// Held by the one task of a scope and lane that is asking for its budget.
@@ -488,7 +488,12 @@ impl Throttle {
                     .local
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
-                let s = local.entry(budget.scope.clone()).or_default();
+                if !local.contains_key(budget.scope.as_str()) {
+                    local.insert(budget.scope.clone(), LocalScope::default());
+                }
+                let Some(s) = local.get_mut(budget.scope.as_str()) else {
+                    unreachable!("inserted above");
+                };
                 let now = self.local_clock.now_us();
                 let factor = self.local_factor(s, now);
                 let ask = Ask {
@@ -527,10 +532,15 @@ impl Throttle {
             .turns
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        turns
-            .entry((budget.scope.clone(), budget.lane))
-            .or_default()
-            .clone()
+        // Looked up by `&str`: the scope is copied once, not at every message.
+        if !turns.contains_key(budget.scope.as_str()) {
+            turns.insert(budget.scope.clone(), Default::default());
+        }
+        let lane = match budget.lane {
+            Lane::Bulk => 0,
+            Lane::Triggered => 1,
+        };
+        turns[budget.scope.as_str()][lane].clone()
     }
 
     /// Asks for `cost` units of a budget until they are booked, and returns the booking

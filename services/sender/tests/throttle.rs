@@ -333,6 +333,24 @@ const RATE: Limit = Limit {
     burst: 1,
 };
 
+/// A fresh shared budget (a scope of its own, a manual clock from `t0`) at [`RATE`],
+/// driven by `tasks` for 10 s.
+async fn run_shared(
+    conn: &redis::aio::ConnectionManager,
+    share: f64,
+    name: &str,
+    t0: u64,
+    tasks: Vec<Task>,
+) -> Run {
+    let clock = Arc::new(AtomicU64::new(t0));
+    let throttle = Throttle::new(
+        with_share(Mode::Shared, share),
+        conn.clone(),
+        Clock::Manual(clock.clone()),
+    );
+    simulate_shared(&throttle, &clock, &stack::unique(name), RATE, tasks, 10).await
+}
+
 /// Every second after the first: the whole rate used, never more, and each busy lane at
 /// least its part.
 fn assert_split(run: &Run, t0: u64, bulk_tasks: bool, triggered_tasks: bool) {
@@ -362,22 +380,7 @@ async fn shared_a_lane_alone_uses_the_whole_rate_and_two_busy_lanes_split_it() {
     // triggered ones, all asking as fast as they are served, for 10 s. (Served in turn
     // from one budget, the two would get 2/34 of it.) Then each lane alone.
     for (bulk, triggered) in [(32, 2), (32, 0), (0, 2)] {
-        let clock = Arc::new(AtomicU64::new(t0));
-        let throttle = Throttle::new(
-            with_share(Mode::Shared, 0.2),
-            conn.clone(),
-            Clock::Manual(clock.clone()),
-        );
-        let scope = stack::unique("lanes");
-        let run = simulate_shared(
-            &throttle,
-            &clock,
-            &scope,
-            RATE,
-            tasks(t0, bulk, triggered, None),
-            10,
-        )
-        .await;
+        let run = run_shared(&conn, 0.2, "lanes", t0, tasks(t0, bulk, triggered, None)).await;
         assert_split(&run, t0, bulk > 0, triggered > 0);
     }
 }
@@ -389,22 +392,8 @@ async fn shared_a_triggered_message_does_not_queue_behind_a_blast() {
     // Under a blast of 32 tasks, one triggered message every 250 ms.
     let mut waits = Vec::new();
     for share in [0.2, 0.0] {
-        let clock = Arc::new(AtomicU64::new(t0));
-        let throttle = Throttle::new(
-            with_share(Mode::Shared, share),
-            conn.clone(),
-            Clock::Manual(clock.clone()),
-        );
-        let scope = stack::unique("lanes-light");
-        let run = simulate_shared(
-            &throttle,
-            &clock,
-            &scope,
-            RATE,
-            tasks(t0, 32, 1, Some(250_000)),
-            10,
-        )
-        .await;
+        let tasks = tasks(t0, 32, 1, Some(250_000));
+        let run = run_shared(&conn, share, "lanes-light", t0, tasks).await;
         assert!(max_in_window(&run.of(None), 1_000_000) <= 100);
         if share > 0.0 {
             assert_eq!(

@@ -90,7 +90,8 @@ pub struct DkimSettings {
     pub selector: String,
     pub domain: String,
     pub algorithm: DkimAlgorithm,
-    /// RSA: PEM, PKCS#1 or PKCS#8, 2048 to 8192 bits; Ed25519: the base64 32-byte secret. From the environment
+    /// RSA: PEM, PKCS#1 or PKCS#8, 2048 to 8192 bits; Ed25519: the base64 32-byte secret.
+    /// From the environment
     /// (`TOCSIN__SENDER__PROVIDERS__NAME__API__DKIM__PRIVATE_KEY`).
     pub private_key: SecretString,
 }
